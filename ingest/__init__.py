@@ -1,0 +1,1 @@
+"""Computing knowledge-base data from models: adapters, corpus, stages. Needs the [ingest] extra."""

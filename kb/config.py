@@ -1,0 +1,62 @@
+"""Where things are and who we are: store location and server credentials.
+
+Values come from, in order: the command line, the environment, the config file
+(``$XDG_CONFIG_HOME/neuron-kb/config.toml``), built-in defaults. Secrets are read here and
+handed to the driver; nothing in neuron-kb prints them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+STORE_ENV = "NKB_STORE"
+NEO4J_SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "neuron-kb" / "config.toml"
+
+
+def load_config() -> dict:
+    path = config_path()
+    if not path.is_file():
+        return {}
+    with path.open("rb") as f:
+        return tomllib.load(f)
+
+
+def default_store() -> str:
+    """The store used when no --store is given: $NKB_STORE, the config file, or a per-user directory."""
+    if os.environ.get(STORE_ENV):
+        return os.environ[STORE_ENV]
+    configured = load_config().get("store")
+    if configured:
+        return str(configured)
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return str(Path(base) / "neuron-kb" / "default")
+
+
+def is_server_url(url: str) -> bool:
+    return urlsplit(url).scheme.lower() in NEO4J_SCHEMES
+
+
+def neo4j_credentials(url: str) -> tuple[str, str]:
+    """User and password for a server URL: from the URL, else NKB_NEO4J_USER/PASSWORD, else the config file."""
+    parts = urlsplit(url)
+    section = load_config().get("neo4j", {})
+    user = parts.username or os.environ.get("NKB_NEO4J_USER") or section.get("user") or "neo4j"
+    password = parts.password or os.environ.get("NKB_NEO4J_PASSWORD") or section.get("password") or ""
+    return user, password
+
+
+def redact(url: str) -> str:
+    """The URL as safe to show: any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,274 @@
+"""The graph schema of a neuron knowledge base, as data.
+
+One description serves every engine: the embedded store derives its ``CREATE NODE/REL
+TABLE`` statements from it, the Neo4j store its constraints and indexes, the stores'
+upserts their column checks, and ``docs/schema.md`` is generated from it (a test keeps
+the two in agreement).
+
+Bump ``SCHEMA_VERSION`` whenever a label, type or property changes meaning or type; a
+store written by another version refuses to open and says what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+
+# Property types, named as in LadybugDB; Neo4j stores the same Python values.
+STRING, INT64, DOUBLE, BOOL = "STRING", "INT64", "DOUBLE", "BOOLEAN"
+FLOAT_LIST, DOUBLE_LIST, INT64_LIST, STRING_LIST = "FLOAT[]", "DOUBLE[]", "INT64[]", "STRING[]"
+TYPES = {STRING, INT64, DOUBLE, BOOL, FLOAT_LIST, DOUBLE_LIST, INT64_LIST, STRING_LIST}
+
+
+@dataclass(frozen=True)
+class Prop:
+    name: str
+    type: str
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class NodeType:
+    label: str
+    props: tuple[Prop, ...]
+    doc: str
+    id_format: str
+    # Properties worth a secondary index on Neo4j (the id is always unique-constrained).
+    indexed: tuple[str, ...] = ()
+    # The property naming the model a node belongs to; delete_model follows it.
+    model_prop: str | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        return [p.name for p in self.props]
+
+    def prop(self, name: str) -> Prop:
+        for p in self.props:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class RelType:
+    type: str
+    src: str
+    dst: str
+    props: tuple[Prop, ...]
+    doc: str
+    # A relationship is identified by (src, dst, *key): upserting the same key twice updates
+    # the one relationship instead of adding a second.
+    key: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> list[str]:
+        return [p.name for p in self.props]
+
+
+def _p(name: str, type_: str, doc: str = "") -> Prop:
+    return Prop(name, type_, doc)
+
+
+META = NodeType(
+    "NkbMeta",
+    (_p("key", STRING), _p("value", STRING)),
+    "Store metadata (schema_version, created_by). Internal.",
+    id_format="the key itself",
+)
+
+NODES: tuple[NodeType, ...] = (
+    NodeType(
+        "Model",
+        (
+            _p("id", STRING, "short name, unique in the store, e.g. smollm2-135m"),
+            _p("kind", STRING, "lm (a language model) | sae (a sparse-autoencoder dictionary)"),
+            _p("source", STRING, "where it was loaded from: HF id, local path or bundled name"),
+            _p("architecture", STRING, "adapter name: llama | gpt2 | gpt_neox | sae"),
+            _p("n_layers", INT64),
+            _p("d_model", INT64),
+            _p("d_mlp", INT64, "neurons per layer"),
+            _p("vocab_size", INT64),
+            _p("tokenizer", STRING, "Token.tokenizer shared by every model with the same vocabulary"),
+            _p("base_model", STRING, "for an SAE: the Model.id whose activations it encodes"),
+            _p("fingerprint", STRING, "hash of the weights' identity; a different model under the same id is refused"),
+            _p("config", STRING, "the model config as JSON"),
+        ),
+        "A subject model, or an SAE dictionary trained on one.",
+        id_format="<name>",
+    ),
+    NodeType(
+        "Neuron",
+        (
+            _p("id", STRING, "<model>/<layer>/<index>"),
+            _p("model", STRING, "Model.id"),
+            _p("layer", INT64),
+            _p("index", INT64),
+            _p("kind", STRING, "mlp | sae"),
+            _p("max_act", DOUBLE, "largest activation seen on the corpus"),
+            _p("min_act", DOUBLE, "smallest activation seen on the corpus"),
+            _p("mean_act", DOUBLE),
+            _p("var_act", DOUBLE, "population variance of the activation over corpus tokens"),
+            _p("density", DOUBLE, "fraction of corpus tokens with activation > 0"),
+            _p("n_tokens", INT64, "corpus tokens the statistics were computed over"),
+            _p("quantile_boundaries", DOUBLE_LIST, "bin edges of the per-snippet max activation for quantile records"),
+            _p("n2g_precision", DOUBLE),
+            _p("n2g_recall", DOUBLE),
+            _p("n2g_f1", DOUBLE),
+            _p("explanation", STRING, "text of the best-scoring explanation (denormalised for filtering)"),
+            _p("explanation_score", DOUBLE, "score of that explanation"),
+        ),
+        "One MLP neuron or SAE feature.",
+        id_format="<model>/<layer>/<index>",
+        indexed=("model", "layer"),
+        model_prop="model",
+    ),
+    NodeType(
+        "Token",
+        (
+            _p("id", STRING, "<tokenizer>/<token_id>"),
+            _p("tokenizer", STRING),
+            _p("token_id", INT64),
+            _p("text", STRING, "the decoded token, leading space kept"),
+        ),
+        "A vocabulary entry, shared by every model with the same tokenizer.",
+        id_format="<tokenizer>/<token_id>",
+        indexed=("text", "tokenizer"),
+    ),
+    NodeType(
+        "Snippet",
+        (
+            _p("id", STRING, "<tokenizer>/<hash of token ids>"),
+            _p("tokenizer", STRING),
+            _p("corpus", STRING, "corpus name it was cut from"),
+            _p("token_ids", INT64_LIST),
+            _p("tokens", STRING_LIST, "decoded text of each token"),
+            _p("text", STRING, "decoded text of the whole window"),
+        ),
+        "A window of corpus text, stored once and shared by every neuron that fires on it.",
+        id_format="<tokenizer>/<16 hex digits of blake2b(token ids)>",
+        indexed=("tokenizer",),
+    ),
+    NodeType(
+        "Explanation",
+        (
+            _p("id", STRING, "<neuron id>/<explainer>/<method>"),
+            _p("neuron", STRING, "Neuron.id"),
+            _p("model", STRING, "Model.id"),
+            _p("text", STRING),
+            _p("explainer", STRING, "what wrote it: an LLM name, or 'data' for data-derived"),
+            _p("method", STRING, "e.g. top-activations, n2g, lmhead"),
+            _p("created_at", STRING, "ISO-8601 time"),
+        ),
+        "A natural-language explanation of one neuron.",
+        id_format="<neuron id>/<explainer>/<method>",
+        indexed=("neuron",),
+        model_prop="model",
+    ),
+    NodeType(
+        "Score",
+        (
+            _p("id", STRING, "<explanation id>/<method>/<scorer>/<split>"),
+            _p("model", STRING, "Model.id"),
+            _p("method", STRING, "simulation | detection | fuzzing | ..."),
+            _p("value", DOUBLE),
+            _p("scorer", STRING, "what computed it"),
+            _p("split", STRING, "which records: top | random | all | holdout"),
+        ),
+        "One score of one explanation.",
+        id_format="<explanation id>/<method>/<scorer>/<split>",
+        model_prop="model",
+    ),
+    NodeType(
+        "N2GNode",
+        (
+            _p("id", STRING, "<neuron id>/<path of token ids from the root>"),
+            _p("neuron", STRING, "Neuron.id"),
+            _p("model", STRING, "Model.id"),
+            _p("token", STRING, "token text this trie node matches ('*' for any)"),
+            _p("token_id", INT64, "-1 for the wildcard"),
+            _p("activation", DOUBLE, "predicted activation when the path ends here"),
+            _p("importance", DOUBLE),
+            _p("is_end", BOOL, "a pattern ends here"),
+            _p("depth", INT64, "0 = the firing token, 1 = one token back, ..."),
+        ),
+        "A node of one neuron's Neuron-to-Graph trie.",
+        id_format="<neuron id>/<token ids from the root, joined by '.'>",
+        indexed=("neuron",),
+        model_prop="model",
+    ),
+)
+
+_N = "Neuron"
+RELS: tuple[RelType, ...] = (
+    RelType("HAS_NEURON", "Model", _N, (), "Model owns neuron."),
+    RelType(
+        "PROMOTES", _N, "Token",
+        (_p("logit", DOUBLE, "direct logit effect of the output direction"), _p("rank", INT64, "0 = strongest")),
+        "Output weights through the final norm and LM head: most increased logits.",
+    ),
+    RelType(
+        "SUPPRESSES", _N, "Token",
+        (_p("logit", DOUBLE), _p("rank", INT64)),
+        "Output weights through the final norm and LM head: most decreased logits.",
+    ),
+    RelType(
+        "READS", _N, "Token",
+        (_p("weight", DOUBLE), _p("rank", INT64), _p("via", STRING, "gate | up | in: which input matrix")),
+        "Input weight direction(s) against the unembedding: tokens whose direction the neuron reads.",
+        key=("via",),
+    ),
+    RelType(
+        "ACTIVATES_ON", _N, "Snippet",
+        (
+            _p("kind", STRING, "top | random | quantile_<k>"),
+            _p("rank", INT64, "0 = first within its kind"),
+            _p("max", DOUBLE, "largest activation in the window"),
+            _p("position", INT64, "token position of that maximum"),
+            _p("activations", FLOAT_LIST, "the neuron's activation at every token of the window"),
+        ),
+        "An activation record: the neuron's activations on one snippet.",
+        key=("kind",),
+    ),
+    RelType("FIRES_ON", _N, "Token", (_p("activation", DOUBLE),), "N2G token index: the neuron fires on this token."),
+    RelType("CONTEXT", _N, "Token", (_p("importance", DOUBLE),), "N2G token index: this token in the context matters."),
+    RelType("N2G_ROOT", _N, "N2GNode", (), "Entry points of the neuron's N2G trie."),
+    RelType("N2G_PREV", "N2GNode", "N2GNode", (), "Walks one token further back in the context."),
+    RelType("EXPLAINED_BY", _N, "Explanation", (), "Neuron has explanation."),
+    RelType("HAS_SCORE", "Explanation", "Score", (), "Explanation has score."),
+    RelType(
+        "SIMILAR_TO", _N, _N,
+        (_p("score", DOUBLE), _p("method", STRING, "explanation | output_weights | input_weights | n2g | ..."),
+         _p("rank", INT64)),
+        "k-nearest-neighbour edge under one similarity method.",
+        key=("method",),
+    ),
+    RelType(
+        "MATCHES", _N, _N,
+        (_p("similarity", DOUBLE), _p("method", STRING), _p("run", STRING, "which matching run produced it")),
+        "Hungarian assignment between two layers or two models.",
+        key=("method", "run"),
+    ),
+    RelType("CONNECTS_TO", _N, _N, (_p("weight", DOUBLE, "W_out(l1) . W_in(l2)"),), "Virtual weight between neurons."),
+)
+
+NODE_BY_LABEL: dict[str, NodeType] = {n.label: n for n in NODES}
+REL_BY_TYPE: dict[str, RelType] = {r.type: r for r in RELS}
+
+
+def node_type(label: str) -> NodeType:
+    from kb.errors import SchemaError
+
+    try:
+        return NODE_BY_LABEL[label]
+    except KeyError:
+        raise SchemaError(f"unknown node label {label!r}", f"labels: {', '.join(NODE_BY_LABEL)}") from None
+
+
+def rel_type(type_: str) -> RelType:
+    from kb.errors import SchemaError
+
+    try:
+        return REL_BY_TYPE[type_]
+    except KeyError:
+        raise SchemaError(f"unknown relationship type {type_!r}", f"types: {', '.join(REL_BY_TYPE)}") from None

@@ -1,0 +1,26 @@
+"""Open a knowledge base by URL: a directory path is the embedded engine, bolt:// or
+neo4j:// (and their +s variants) is a Neo4j server."""
+
+from __future__ import annotations
+
+from kb import config
+from kb.stores.base import Store
+
+
+def open_store(url: str | None = None, *, read_only: bool = False, create: bool = False) -> Store:
+    """Open the knowledge base at ``url`` (default: ``config.default_store()``).
+
+    ``create=True`` makes an empty one when none exists; otherwise a missing store is an
+    error. A store of another schema version is refused.
+    """
+    url = url or config.default_store()
+    if config.is_server_url(url):
+        from kb.stores.neo4j import Neo4jStore
+
+        return Neo4jStore(url, read_only=read_only, create=create)
+    from kb.stores.embedded import EmbeddedStore
+
+    return EmbeddedStore(url, read_only=read_only, create=create)
+
+
+__all__ = ["Store", "open_store"]
