@@ -272,3 +272,41 @@ def rel_type(type_: str) -> RelType:
         return REL_BY_TYPE[type_]
     except KeyError:
         raise SchemaError(f"unknown relationship type {type_!r}", f"types: {', '.join(REL_BY_TYPE)}") from None
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def schema_markdown() -> str:
+    """docs/schema.md, generated from this module (``python -m kb.schema > docs/schema.md``)."""
+    out = [
+        "# Graph schema",
+        "",
+        f"Schema version **{SCHEMA_VERSION}**. Generated from `kb/schema.py` by `python -m kb.schema`;",
+        "a test fails when this page and the code disagree. Both engines hold exactly these labels,",
+        "relationship types and properties. A store records its schema version in `NkbMeta`; a store",
+        "written by another version refuses to open and says what to do.",
+        "",
+        "Ids are strings with one canonical form each, parsed in one place (`kb/ids.py`).",
+        "Model and tokenizer names may contain `/`, so ids are split from the right.",
+        "",
+        "## Nodes",
+    ]
+    for n in NODES:
+        out += ["", f"### `{n.label}`", "", n.doc, "", f"Id: `{n.id_format}`.", "",
+                "| property | type | meaning |", "|---|---|---|"]
+        out += [f"| `{p.name}` | {p.type} | {_cell(p.doc)} |" for p in n.props]
+    out += ["", "## Relationships", "",
+            "A relationship is identified by its endpoints and its key properties: writing the same",
+            "key twice updates one relationship instead of adding a second.", "",
+            "| type | from → to | key | properties | meaning |", "|---|---|---|---|---|"]
+    for r in RELS:
+        props = ", ".join(f"`{p.name}` {p.type}" for p in r.props) or "—"
+        key = ", ".join(f"`{k}`" for k in r.key) or "—"
+        out.append(f"| `{r.type}` | {r.src} → {r.dst} | {key} | {props} | {_cell(r.doc)} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(schema_markdown(), end="")
