@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from importlib.resources.abc import Traversable
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -292,16 +290,7 @@ def parse_value(text: str) -> Any:
 # -- the packaged library -----------------------------------------------------------------
 
 def _query_files() -> Iterable[Traversable]:
-    try:
-        root = resources.files("queries")
-        return list(root.iterdir())
-    except NotADirectoryError:
-        # An editable install made while queries/ had no __init__.py maps it as a namespace
-        # package, whose placeholder path entry importlib.resources cannot read; its real
-        # directories are still on __path__. (`pip install -e .` again also cures it.)
-        import queries as package
-
-        return [Path(d) / f for d in package.__path__ if os.path.isdir(d) for f in os.listdir(d)]
+    return list(resources.files("queries").iterdir())
 
 
 @lru_cache(maxsize=1)
