@@ -1,0 +1,357 @@
+"""The streaming activation pass equals a brute-force computation over all activations at once.
+
+The brute force runs the tiny model over the whole tiny corpus, keeps every activation of every
+layer at once, and recomputes statistics and record selections with numpy sorts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tinymodels import tiny_gpt2, tiny_llama
+
+from ingest.activations import (
+    ActivationCollector,
+    RecordConfig,
+    buffer_bytes,
+    plan_windows,
+    run_activation_pass,
+    sample_keys,
+)
+from ingest.adapters import adapter_for
+from kb.errors import IngestError
+
+N_WINDOWS, WINDOW = 150, 12
+# Small reservoirs, so that the quantile machinery is exercised with far more windows than it keeps.
+CFG = RecordConfig(top_k=5, n_random=4, n_quantiles=4, per_quantile=2, seed=7, reservoir=12, boundary_sample=40)
+BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
+
+
+def corpus(n: int = N_WINDOWS, window: int = WINDOW, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(3, 512, size=(n, window), dtype=np.int64)
+
+
+def all_activations(adapter, tokens: np.ndarray, bos_id: int | None, batch_size: int) -> dict[int, np.ndarray]:
+    """Every layer's activations [n_windows, window, d_mlp], all held at once.
+
+    The forward runs in batches of ``batch_size`` because CPU matrix kernels may round
+    differently for a different number of rows: the model itself is not bitwise
+    batch-invariant, and this comparison is about what the pass does with the activations.
+    """
+    acts: dict[int, list[torch.Tensor]] = {layer: [] for layer in range(adapter.n_layers)}
+    handles = [
+        adapter.neuron_module(layer).register_forward_pre_hook(
+            lambda module, args, layer=layer: acts[layer].append(args[0].float().clone()))
+        for layer in range(adapter.n_layers)
+    ]
+    ids = torch.from_numpy(tokens)
+    if bos_id is not None:
+        ids = torch.cat([torch.full((len(ids), 1), bos_id), ids], 1)
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(ids), batch_size):
+                adapter.model(input_ids=ids[start:start + batch_size], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    start = 1 if bos_id is not None else 0
+    return {layer: torch.cat(a)[:, start:].numpy() for layer, a in acts.items()}
+
+
+def rows_of(records, kind: str) -> dict[int, list[tuple]]:
+    """kind's records as {neuron: [(rank, window, max, position, activations), ...]} in rank order."""
+    sub = records[records["kind"] == kind].sort_values(["index", "rank"])
+    out: dict[int, list[tuple]] = {}
+    for r in sub.itertuples():
+        out.setdefault(r.index, []).append((r.rank, r.window, r.max, r.position, list(r.activations)))
+    return out
+
+
+def assert_same_results(a, b) -> None:
+    """Two LayerResults are identical, to the bit (statistics are merged in window-aligned groups)."""
+    ra = a.records.sort_values(["kind", "index", "rank"]).reset_index(drop=True)
+    rb = b.records.sort_values(["kind", "index", "rank"]).reset_index(drop=True)
+    assert ra.drop(columns="activations").equals(rb.drop(columns="activations"))
+    assert np.array_equal(np.stack(ra["activations"]), np.stack(rb["activations"]))
+    assert a.stats.equals(b.stats)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def family(request):
+    return request.param
+
+
+@pytest.mark.parametrize("bos_id", [None, 0])
+def test_pass_equals_brute_force(family, bos_id):
+    adapter = adapter_for(BUILDERS[family]())
+    tokens = corpus()
+    layers = list(range(adapter.n_layers))
+    collector = run_activation_pass(adapter, tokens, bos_id, layers, CFG, batch_size=16)
+    everything = all_activations(adapter, tokens, bos_id, 16)
+    d = adapter.d_mlp
+    win = np.arange(N_WINDOWS)
+    for layer in layers:
+        acts = everything[layer]  # [N, T, d]
+        flat = acts.reshape(-1, d).astype(np.float64)
+        res = collector.layer_results(layer)
+        stats = res.stats.set_index("index")
+
+        # statistics: exact over every window token (BOS excluded)
+        assert (stats["n_tokens"] == N_WINDOWS * WINDOW).all()
+        np.testing.assert_array_equal(stats["max_act"], flat.max(0))
+        np.testing.assert_array_equal(stats["min_act"], flat.min(0))
+        np.testing.assert_array_equal(stats["density"], (flat > 0).mean(0))
+        # mean and variance: float32 sums within a window, float64 across windows
+        assert (np.abs(stats["mean_act"] - flat.mean(0)) <= 1e-7 * flat.std(0)).all()
+        np.testing.assert_allclose(stats["var_act"], flat.var(0), rtol=1e-6, atol=0)
+
+        wmax = acts.max(1)  # [N, d]
+        top = rows_of(res.records, "top")
+        rnd = rows_of(res.records, "random")
+        random_keys = sample_keys(CFG.seed, "random", layer, d, win)
+        for n in range(d):
+            # top: the k largest window maxima, ties to the lower window index
+            order = np.lexsort((win, -wmax[:, n]))[: CFG.top_k]
+            assert [r[1] for r in top[n]] == order.tolist()
+            for rank, w, mx, pos, values in top[n]:
+                assert values == acts[w, :, n].tolist()  # exact, float32 values
+                assert len(values) == WINDOW
+                assert mx == wmax[w, n] and pos == int(np.argmax(acts[w, :, n]))
+            # random: the windows with the largest keys, largest first
+            keys = random_keys[:, n]
+            assert [r[1] for r in rnd[n]] == np.argsort(-keys)[: CFG.n_random].tolist()
+            for _, w, _, _, values in rnd[n]:
+                assert values == acts[w, :, n].tolist()
+
+        check_quantiles(res, acts, layer)
+
+
+def check_quantiles(res, acts: np.ndarray, layer: int) -> None:
+    d = acts.shape[2]
+    wmax = acts.max(1)
+    win = np.arange(len(acts))
+    stats = res.stats.set_index("index")
+    boundary_keys = sample_keys(CFG.seed, "boundary", layer, d, win)
+    quantile_keys = sample_keys(CFG.seed, "quantile", layer, d, win)
+    for n in range(d):
+        # boundaries: exact outer edges; inner edges = quantiles of the boundary sample's maxima
+        bkeys = boundary_keys[:, n]
+        sample = wmax[np.argsort(-bkeys)[: CFG.boundary_sample], n].astype(np.float64)
+        q = np.arange(1, CFG.n_quantiles) / CFG.n_quantiles
+        expected = [float(wmax[:, n].min()), *np.quantile(sample, q).tolist(), float(wmax[:, n].max())]
+        edges = stats.loc[n, "quantile_boundaries"]
+        np.testing.assert_allclose(edges, expected, rtol=0, atol=0)
+
+        # records: per bin, the largest-key members of the reservoir (the top-R quantile keys)
+        qkeys = quantile_keys[:, n]
+        reservoir = np.argsort(-qkeys)[: CFG.reservoir]
+        bins_all = np.searchsorted(np.asarray(edges[1:-1]), wmax[:, n], side="right")
+        sub = res.records[(res.records["index"] == n) & res.records["kind"].str.startswith("quantile_")]
+        for j in range(CFG.n_quantiles):
+            got = sub[sub["kind"] == f"quantile_{j}"].sort_values("rank")
+            members = [w for w in reservoir if bins_all[w] == j]  # already in key order
+            assert got["window"].tolist() == members[: CFG.per_quantile]
+            assert got["rank"].tolist() == list(range(len(got)))
+            lo, hi = edges[j], edges[j + 1]
+            assert ((got["max"] >= lo) & ((got["max"] < hi) if j < CFG.n_quantiles - 1 else (got["max"] <= hi))).all()
+            for r in got.itertuples():
+                assert list(r.activations) == acts[r.window, :, n].tolist()
+            # The claim the docs make: with enough reservoir members in a bin, the records are
+            # exactly the bin's largest-key windows over the whole corpus.
+            if len(members) >= CFG.per_quantile:
+                in_bin = np.flatnonzero(bins_all == j)
+                best = in_bin[np.argsort(-qkeys[in_bin])][: CFG.per_quantile]
+                assert got["window"].tolist() == best.tolist()
+
+
+def test_results_do_not_depend_on_batch_size():
+    # Without a BOS column the tiny model's forward is bitwise batch-invariant on CPU (checked:
+    # with one, a 150-row batch rounds differently), so any difference would be the pass's own.
+    adapter = adapter_for(tiny_llama())
+    tokens = corpus()
+    assert all(np.array_equal(all_activations(adapter, tokens, None, 150)[layer],
+                              all_activations(adapter, tokens, None, 7)[layer]) for layer in (0, 1))
+    runs = [run_activation_pass(adapter, tokens, None, [0, 1], CFG, batch_size=bs) for bs in (5, 7, 64, N_WINDOWS)]
+    for other in runs[1:]:
+        for layer in (0, 1):
+            assert_same_results(runs[0].layer_results(layer), other.layer_results(layer))
+
+
+def test_dense_merge_equals_sparse_merge():
+    # CUDA uses the dense merge; check it on CPU against the sparse one.
+    adapter = adapter_for(tiny_gpt2())
+    tokens = corpus()
+    out = []
+    for sparse in (True, False):
+        c = ActivationCollector(adapter, [1, 0], WINDOW, CFG, bos_id=None)
+        c._sparse = sparse
+        for start in range(0, N_WINDOWS, 16):
+            c.process(tokens[start:start + 16], start)
+        out.append(c)
+    for layer in (0, 1):
+        assert_same_results(out[0].layer_results(layer), out[1].layer_results(layer))
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_exactly(tmp_path):
+    adapter = adapter_for(tiny_llama())
+    tokens = corpus()
+    path = tmp_path / "run" / "acts.pt"
+    seen: list[int] = []
+
+    def die_after_five_batches(n_tokens: int) -> None:
+        seen.append(n_tokens)
+        if len(seen) == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_activation_pass(adapter, tokens, 0, [0, 1], CFG, batch_size=8, checkpoint_path=path,
+                            checkpoint_every=2, progress=die_after_five_batches)
+    state = torch.load(path, weights_only=True)
+    assert state["collector"]["windows_done"] == 32  # saved after batches 2 and 4, not 5
+
+    resumed_progress: list[int] = []
+    resumed = run_activation_pass(adapter, tokens, 0, [0, 1], CFG, batch_size=8, checkpoint_path=path,
+                                  checkpoint_every=2, progress=resumed_progress.append)
+    assert resumed_progress[0] == 32 * WINDOW and sum(resumed_progress) == tokens.size
+    assert not path.with_name(path.name + ".tmp").exists()
+    whole = run_activation_pass(adapter, tokens, 0, [0, 1], CFG, batch_size=8)
+    for layer in (0, 1):
+        assert_same_results(resumed.layer_results(layer), whole.layer_results(layer))
+
+
+def test_state_dict_round_trip_in_a_new_collector(tmp_path):
+    adapter = adapter_for(tiny_gpt2())
+    tokens = corpus()
+    first = ActivationCollector(adapter, [0, 1], WINDOW, CFG, bos_id=None)
+    for start in range(0, 48, 16):
+        first.process(tokens[start:start + 16], start)
+    torch.save(first.state_dict(), tmp_path / "s.pt")
+    second = ActivationCollector(adapter, [0, 1], WINDOW, CFG, bos_id=None)
+    second.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert second.windows_done == 48
+    for start in range(48, N_WINDOWS, 16):
+        second.process(tokens[start:start + 16], start)
+    whole = run_activation_pass(adapter, tokens, None, [0, 1], CFG, batch_size=16)
+    for layer in (0, 1):
+        assert_same_results(second.layer_results(layer), whole.layer_results(layer))
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    adapter = adapter_for(tiny_llama())
+    tokens = corpus()
+    path = tmp_path / "acts.pt"
+    run_activation_pass(adapter, tokens, 0, [0, 1], CFG, checkpoint_path=path)
+    with pytest.raises(IngestError, match="another run .*cfg"):
+        run_activation_pass(adapter, tokens, 0, [0, 1], RecordConfig(seed=1), checkpoint_path=path)
+    with pytest.raises(IngestError, match="another run .*layers"):
+        run_activation_pass(adapter, tokens, 0, [1], CFG, checkpoint_path=path)
+    with pytest.raises(IngestError, match="another corpus"):
+        run_activation_pass(adapter, corpus(seed=1), 0, [0, 1], CFG, checkpoint_path=path)
+
+
+def test_bos_position_is_ignored():
+    adapter = adapter_for(tiny_llama())
+    tokens = corpus(n=20)
+    res = run_activation_pass(adapter, tokens, 0, [0], CFG, batch_size=len(tokens)).layer_results(0)
+    assert (res.stats["n_tokens"] == tokens.size).all()
+    assert (res.records["activations"].map(len) == WINDOW).all()
+    # Position 0 (the BOS) would change the statistics of some neurons if it were counted.
+    ids = torch.cat([torch.zeros((len(tokens), 1), dtype=torch.int64), torch.from_numpy(tokens)], 1)
+    seen: list[torch.Tensor] = []
+    h = adapter.neuron_module(0).register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    with torch.inference_mode():
+        adapter.model(input_ids=ids, use_cache=False)
+    h.remove()
+    acts = seen[0].numpy()
+    d = adapter.d_mlp
+    own, everything = acts[:, 1:].reshape(-1, d).astype(np.float64), acts.reshape(-1, d).astype(np.float64)
+    assert np.array_equal(res.stats["max_act"], own.max(0))
+    np.testing.assert_allclose(res.stats["mean_act"], own.mean(0), rtol=1e-5, atol=1e-9)
+    assert not np.allclose(res.stats["mean_act"], everything.mean(0), rtol=1e-3, atol=0)
+
+
+def test_windows_must_come_in_order():
+    adapter = adapter_for(tiny_llama())
+    c = ActivationCollector(adapter, [0], WINDOW, CFG, bos_id=None)
+    with pytest.raises(IngestError, match="in order"):
+        c.process(corpus(n=4), 4)
+    with pytest.raises(IngestError, match=r"shape \[batch, 12\]"):
+        c.process(corpus(n=4, window=5), 0)
+
+
+def test_bfloat16_pass_runs():
+    adapter = adapter_for(tiny_llama())
+    tokens = corpus(n=40)
+    res = run_activation_pass(adapter, tokens, 0, [0, 1], CFG, dtype=torch.bfloat16, batch_size=16).layer_results(1)
+    assert next(adapter.model.parameters()).dtype == torch.bfloat16
+    assert (res.stats["n_tokens"] == tokens.size).all()
+    assert np.isfinite(res.stats[["max_act", "min_act", "mean_act", "var_act"]].to_numpy()).all()
+    top = res.records[res.records["kind"] == "top"]
+    assert len(top) == adapter.d_mlp * CFG.top_k
+    # every stored value is a bf16 value, and the record max is the list's max
+    values = np.array(top["activations"].tolist(), dtype=np.float32)
+    assert np.array_equal(torch.from_numpy(values).bfloat16().float().numpy(), values)
+    assert np.array_equal(values.max(1), top["max"].to_numpy(dtype=np.float32))
+    maxima = res.stats.set_index("index")["max_act"]
+    assert np.array_equal(top[top["rank"] == 0].set_index("index")["max"].sort_index(), maxima)
+
+
+def test_sample_keys_are_distinct_and_independent_per_stream():
+    w = np.arange(5000)
+    keys = sample_keys(0, "random", 3, 8, w)
+    assert keys.shape == (5000, 8) and keys.dtype == np.int64
+    assert all(len(np.unique(keys[:, n])) == 5000 for n in range(8))
+    assert not np.array_equal(keys, sample_keys(0, "quantile", 3, 8, w))
+    assert not np.array_equal(keys, sample_keys(0, "random", 4, 8, w))
+    assert not np.array_equal(keys, sample_keys(1, "random", 3, 8, w))
+    # roughly uniform: every neuron's top-10% by key is about 10% of every window range
+    top = np.argsort(-keys, axis=0)[:500]
+    assert np.all(np.abs((top < 2500).mean(0) - 0.5) < 0.1)
+    # keys of a window do not depend on which other windows are asked for
+    assert np.array_equal(sample_keys(0, "random", 3, 8, w[1234:1240]), keys[1234:1240])
+
+
+def test_buffer_bytes_matches_smollm2_estimate():
+    # SmolLM2-135M: 1536 neurons per layer, window 64, the default records
+    mb = buffer_bytes(1536, 64, RecordConfig()) / 2**20
+    assert 40 < mb < 60
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_planned_samples_equal_streaming_bottom_k(sparse):
+    # run_activation_pass knows the corpus size and plans the sampled records up front; a
+    # collector without it keeps them by streaming bottom-k merges. Same windows either way.
+    adapter = adapter_for(tiny_llama())
+    tokens = corpus()
+    streaming = ActivationCollector(adapter, [0, 1], WINDOW, CFG, bos_id=None)
+    streaming._sparse = sparse
+    for start in range(0, N_WINDOWS, 16):
+        streaming.process(tokens[start:start + 16], start)
+    planned = run_activation_pass(adapter, tokens, None, [0, 1], CFG, batch_size=16)
+    for layer in (0, 1):
+        assert_same_results(streaming.layer_results(layer), planned.layer_results(layer))
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 10_000])
+def test_plan_windows_is_the_largest_keys_in_order(chunk):
+    keys = sample_keys(3, "random", 2, 16, np.arange(150))
+    for k in (1, 5, 40):
+        plan = plan_windows(3, "random", 2, 16, 150, k, chunk=chunk)
+        assert np.array_equal(plan, np.argsort(-keys, axis=0)[:k].T)
+    short = plan_windows(3, "random", 2, 16, 3, 5, chunk=chunk)  # fewer windows than k: padded
+    assert np.array_equal(short[:, :3], np.argsort(-keys[:3], axis=0).T) and (short[:, 3:] == -1).all()
+
+
+def test_records_can_be_switched_off():
+    adapter = adapter_for(tiny_gpt2())
+    cfg = RecordConfig(top_k=3, n_random=0, n_quantiles=0)
+    res = run_activation_pass(adapter, corpus(n=40), None, [1], cfg).layer_results(1)
+    assert set(res.records["kind"]) == {"top"}
+    assert (res.stats["quantile_boundaries"].map(len) == 0).all()
+    with pytest.raises(IngestError, match="per_quantile"):
+        RecordConfig(per_quantile=0)
