@@ -11,7 +11,7 @@ store written by another version refuses to open and says what to do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 SCHEMA_VERSION = 1
 
@@ -103,7 +103,7 @@ NODES: tuple[NodeType, ...] = (
             _p("id", STRING, "<model>/<layer>/<index>"),
             _p("model", STRING, "Model.id"),
             _p("layer", INT64),
-            _p("index", INT64),
+            _p("idx", INT64, "position of the neuron in its layer (named so: `index` is reserved in some Cypher dialects)"),
             _p("kind", STRING, "mlp | sae"),
             _p("max_act", DOUBLE, "largest activation seen on the corpus"),
             _p("min_act", DOUBLE, "smallest activation seen on the corpus"),
@@ -225,7 +225,8 @@ RELS: tuple[RelType, ...] = (
             _p("rank", INT64, "0 = first within its kind"),
             _p("max", DOUBLE, "largest activation in the window"),
             _p("position", INT64, "token position of that maximum"),
-            _p("activations", FLOAT_LIST, "the neuron's activation at every token of the window"),
+            _p("activations", STRING, "the neuron's activation at every token of the window: base64 of "
+               "little-endian float16 (kb.records.decode_activations)"),
         ),
         "An activation record: the neuron's activations on one snippet.",
         key=("kind",),

@@ -5,7 +5,7 @@
 // @param limit   rows to return (default: 50)
 MATCH (n:Neuron)-[:EXPLAINED_BY]->(e:Explanation)
 WHERE toLower(e.text) CONTAINS toLower($phrase) AND (e.model = $model OR $model IS NULL)
-RETURN n.id AS neuron, n.model AS model, n.layer AS layer, n.`index` AS `index`,
+RETURN n.id AS neuron, n.model AS model, n.layer AS layer, n.idx AS idx,
        e.text AS text, e.id AS explanation
-ORDER BY model, layer, `index`, explanation
+ORDER BY model, layer, idx, explanation
 LIMIT $limit

@@ -18,7 +18,7 @@ OPTIONAL MATCH (root)-[:N2G_PREV]->(back:N2GNode)
 WITH n, f, back.token AS before
 WITH n, f, sum(CASE WHEN before = $context THEN 1 ELSE 0 END) AS context_matches
 WHERE context_matches > 0 OR $context IS NULL
-RETURN n.id AS neuron, n.model AS model, n.layer AS layer, n.`index` AS `index`,
+RETURN n.id AS neuron, n.model AS model, n.layer AS layer, n.idx AS idx,
        f.activation AS activation, context_matches, n.n2g_f1 AS n2g_f1, n.explanation AS explanation
 ORDER BY activation DESC, neuron
 LIMIT $limit

@@ -10,6 +10,6 @@ MATCH p = (n:Neuron {id: $neuron})-[:MATCHES*0..7]->(prev:Neuron)-[r:MATCHES]->(
 WHERE length(p) <= $hops
   AND all(x IN relationships(p) WHERE (x.method = only_method OR only_method IS NULL) AND (x.run = only_run OR only_run IS NULL))
 RETURN min(length(p)) AS hops, prev.id AS matched_from, m.id AS neuron, m.model AS model,
-       m.layer AS layer, m.`index` AS `index`, r.similarity AS similarity, r.method AS method,
+       m.layer AS layer, m.idx AS idx, r.similarity AS similarity, r.method AS method,
        r.run AS run, m.explanation AS explanation
 ORDER BY hops, matched_from, neuron, method, run

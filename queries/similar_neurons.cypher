@@ -7,7 +7,7 @@
 MATCH (n:Neuron {id: $neuron})-[s:SIMILAR_TO]->(m:Neuron)
 WHERE (s.method = $method OR $method IS NULL)
   AND (m.layer <> n.layer OR m.model <> n.model OR $same_layer)
-RETURN m.id AS neuron, m.model AS model, m.layer AS layer, m.`index` AS `index`,
+RETURN m.id AS neuron, m.model AS model, m.layer AS layer, m.idx AS idx,
        s.method AS method, s.score AS score, m.explanation AS explanation
 ORDER BY score DESC, neuron, method
 LIMIT $limit

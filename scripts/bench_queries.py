@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from kb import config, queries, schema
+from kb import config, queries
+from kb.records import encode_activations
 from kb.stores import Store, open_store
 
 MODEL = "synth-135m"
@@ -107,7 +107,7 @@ class Synth:
             p, r = self.rng.uniform(0.1, 1, n), self.rng.uniform(0.1, 1, n)
             texts, scores = self.explained(layer)
             yield pd.DataFrame({
-                "id": self.nid(layer, i), "model": MODEL, "layer": layer, "index": i, "kind": "mlp",
+                "id": self.nid(layer, i), "model": MODEL, "layer": layer, "idx": i, "kind": "mlp",
                 "max_act": self.rng.uniform(0.5, 20, n), "min_act": -self.rng.uniform(0, 0.3, n),
                 "mean_act": self.rng.uniform(0, 0.5, n), "var_act": self.rng.uniform(0, 1, n),
                 "density": self.rng.beta(0.5, 8, n), "n_tokens": 100_000,
@@ -156,7 +156,7 @@ class Synth:
             acts[np.arange(n), pos] = peak
             dst = np.concatenate([self.rng.choice(self.n_snippets, 20, replace=False) for _ in range(self.width)])
             return {"dst": self.sid(dst), "kind": np.where(rank < 10, "top", "random"),
-                    "max": peak.astype(np.float64), "position": pos, "activations": acts.tolist()}
+                    "max": peak.astype(np.float64), "position": pos, "activations": encode_activations(acts)}
         for df in self.per_neuron(20, cols):
             df["rank"] = df["rank"] % 10
             yield df
@@ -241,11 +241,8 @@ def build(store: Store, synth: Synth, log: Callable[[str], None]) -> dict[str, f
     def write(kind: str, name: str, frames) -> None:
         t = time.perf_counter()
         df = pd.concat(list(frames), ignore_index=True) if not isinstance(frames, pd.DataFrame) else frames
-        if one_batch and kind == "rel" and any(p.type.endswith("[]") for p in schema.rel_type(name).props):
-            copy_autocommit(store, name, df)
-        else:
-            upsert = store.upsert_nodes if kind == "node" else store.upsert_rels
-            upsert(name, df, batch_size=max(1, len(df)) if one_batch else None)
+        upsert = store.upsert_nodes if kind == "node" else store.upsert_rels
+        upsert(name, df, batch_size=max(1, len(df)) if one_batch else None)
         timings[name] = round(time.perf_counter() - t, 2)
         log(f"  {name}: {len(df):,} rows in {timings[name]} s")
 
@@ -272,24 +269,6 @@ def build(store: Store, synth: Synth, log: Callable[[str], None]) -> dict[str, f
     write("rel", "SIMILAR_TO", synth.similar())
     write("rel", "MATCHES", synth.matches())
     return timings
-
-
-def copy_autocommit(store: Store, rel_type: str, df: pd.DataFrame) -> None:
-    """One auto-commit COPY, bypassing the store's transactional upsert (embedded only).
-
-    LadybugDB 0.22 checkpoints a relationship table with a list property (ACTIVATES_ON's
-    activations) in time quadratic in the rows committed at once, and in proportion to
-    the rows already there: through upsert_rels, 920k records take hours. An auto-commit
-    COPY into the empty table takes about a minute. This script measures queries, not
-    ingest, so it takes the fast path; the data is the same.
-    """
-    from kb.stores.embedded import ARROW_TYPES
-
-    rt = schema.rel_type(rel_type)
-    rows = pa.table({"_src": pa.array(df["src"], pa.string()), "_dst": pa.array(df["dst"], pa.string()),
-                     **{p.name: pa.array(df[p.name] if p.name in df else [None] * len(df), ARROW_TYPES[p.type])
-                        for p in rt.props}})
-    store.conn.execute(f"COPY `{rel_type}` FROM $rows", {"rows": rows})
 
 
 def workload(width: int, seed: int = 1) -> dict[str, list[dict]]:

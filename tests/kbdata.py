@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from kb.ids import neuron_id, token_id
+from kb.records import encode_activations
 
 SEED = 20240611
 TOKENIZER = "tok-test-24"
@@ -79,7 +80,7 @@ def make_small_kb() -> KB:
                 nid = neuron_id(m, layer, index)
                 p, r = rng.uniform(0.2, 1), rng.uniform(0.2, 1)
                 neurons.append({
-                    "id": nid, "model": m, "layer": layer, "index": index, "kind": "mlp",
+                    "id": nid, "model": m, "layer": layer, "idx": index, "kind": "mlp",
                     "max_act": _round(rng.uniform(0.5, 10)), "min_act": _round(-rng.uniform(0, 0.3)),
                     "mean_act": _round(rng.uniform(0, 0.5)), "var_act": _round(rng.uniform(0, 1)),
                     "density": _round(rng.uniform(0.001, 0.5)), "n_tokens": 4096,
@@ -132,7 +133,7 @@ def make_small_kb() -> KB:
                 acts = [_round(rng.uniform(0, mx / 2)) for _ in range(8)]
                 acts[pos] = _round(mx)
                 records.append({"src": nid, "dst": sid, "kind": kind, "rank": rank, "max": _round(mx),
-                                "position": pos, "activations": acts})
+                                "position": pos, "activations": encode_activations([acts])[0]})
     kb.rels["ACTIVATES_ON"] = pd.DataFrame(records)
 
     # Explanations and scores. Every neuron has a data-derived explanation; every other one

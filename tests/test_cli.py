@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from kb import __version__, queries
+from kb.records import decode_activations
 from kb.cli import cli
 from kb.errors import UnknownQuery
 from kb.stores import open_store
@@ -131,14 +132,14 @@ def test_formats_parse_back_to_the_same_rows(kb_path):
     assert [r["neuron"] for r in as_json] == list(lib["neuron"]) == [r["neuron"] for r in as_csv]
     assert [r["logit"] for r in as_json] == [float(r["logit"]) for r in as_csv] == list(lib["logit"])
     assert list(as_json[0]) == list(as_csv[0]) == list(lib.columns)
-    assert table[0].split()[:4] == ["neuron", "model", "layer", "index"] and len(table) == 2 + 5
+    assert table[0].split()[:4] == ["neuron", "model", "layer", "idx"] and len(table) == 2 + 5
     assert all(r["neuron"] in line for r, line in zip(as_json, table[2:]))
 
 
 def test_csv_writes_lists_as_json_and_nulls_empty(kb_path):
     result = invoke(kb_path, "query", "--name", "top_records", "-p", "neuron=alpha/0/0", "-p", "limit=1", "--format", "csv")
     row = next(csv.DictReader(io.StringIO(result.output)))
-    assert isinstance(json.loads(row["tokens"]), list) and len(json.loads(row["activations"])) == 8
+    assert isinstance(json.loads(row["tokens"]), list) and len(decode_activations(row["activations"])) == 8
     result = invoke(kb_path, "query", "MATCH (m:Model {id: 'alpha'}) RETURN m.base_model AS b, m.id AS id", "--format", "csv")
     assert result.output.splitlines() == ["b,id", ",alpha"]
 
@@ -186,8 +187,11 @@ def test_show_json(kb_path):
 def test_mark_firing():
     from kb.cli import mark_firing
 
-    assert mark_firing([" the", " hot", " dog", "."], [0.1, 2.0, 4.0, 0.0], color=False) == " the [[hot]] [[dog]]."
-    assert mark_firing(["a", "b"], [0.0, 0.0], color=False) == "ab"
+    from kb.records import encode_activations
+
+    stored = encode_activations([[0.1, 2.0, 4.0, 0.0]])[0]
+    assert mark_firing([" the", " hot", " dog", "."], stored, color=False) == " the [[hot]] [[dog]]."
+    assert mark_firing(["a", "b"], encode_activations([[0.0, 0.0]])[0], color=False) == "ab"
 
 
 def test_delete_model(kb_path):

@@ -178,7 +178,7 @@ def test_values_from_numpy_and_pandas(fstore):
     fstore.upsert_nodes("Neuron", pd.DataFrame({
         "id": ["m/0/0", "m/0/1", "m/0/2"],
         "layer": np.array([0, 1, 2], dtype=np.int32),
-        "index": pd.array([5, None, 7], dtype="Int64"),
+        "idx": pd.array([5, None, 7], dtype="Int64"),
         "max_act": np.array([1.5, np.nan, 2.25], dtype=np.float32),
         "mean_act": pd.Series([0.1, None, 0.3], dtype=object),
         "density": [np.float64(0.5), np.float32(0.25), None],
@@ -188,7 +188,7 @@ def test_values_from_numpy_and_pandas(fstore):
     }))
     fstore.upsert_nodes("Snippet", pd.DataFrame({"id": ["s"], "token_ids": [np.arange(3, dtype=np.int16)],
                                                  "tokens": [np.array(["a", "b'", 'c"\\'])]}))
-    rows = fstore.cypher("MATCH (n:Neuron) RETURN n.id AS id, n.layer AS layer, n.`index` AS idx, "
+    rows = fstore.cypher("MATCH (n:Neuron) RETURN n.id AS id, n.layer AS layer, n.idx AS idx, "
                          "n.max_act AS mx, n.mean_act AS mean, n.density AS d, n.quantile_boundaries AS qb, "
                          "n.kind AS kind, n.n_tokens AS nt ORDER BY id").to_dict("records")
     got = [{k: (None if v is None or (isinstance(v, float) and np.isnan(v)) else v) for k, v in r.items()}

@@ -99,7 +99,7 @@ def exp_neurons_filter(p):
         if p.get(param) is not None:
             v = p[param]
             df = df[df[col] == v] if op == "==" else df[df[col] >= v] if op == ">=" else df[df[col] <= v]
-    return df.sort_values(["model", "layer", "index"]).head(p.get("limit", 100))
+    return df.sort_values(["model", "layer", "idx"]).head(p.get("limit", 100))
 
 
 def exp_explanations_containing(p):
@@ -107,8 +107,8 @@ def exp_explanations_containing(p):
     e = e[e["text"].str.lower().str.contains(p["phrase"].lower(), regex=False)]
     if p.get("model"):
         e = e[e["model"] == p["model"]]
-    df = e.drop(columns=["model"]).merge(neurons()[["neuron", "model", "layer", "index"]], on="neuron")
-    return df.sort_values(["model", "layer", "index", "explanation"]).head(p.get("limit", 50))
+    df = e.drop(columns=["model"]).merge(neurons()[["neuron", "model", "layer", "idx"]], on="neuron")
+    return df.sort_values(["model", "layer", "idx", "explanation"]).head(p.get("limit", 50))
 
 
 def exp_neuron_card(p):
@@ -177,14 +177,14 @@ def exp_match_chain(p):
     rows = [{"matched_from": k[0], "neuron": k[1], "method": k[2], "run": k[3], "hops": h} for k, h in best.items()]
     df = pd.DataFrame(rows, columns=["matched_from", "neuron", "method", "run", "hops"])
     df = df.merge(m.rename(columns={"src": "matched_from", "dst": "neuron"}), on=["matched_from", "neuron", "method", "run"])
-    df = df.merge(neurons()[["neuron", "layer", "index"]], on="neuron")
+    df = df.merge(neurons()[["neuron", "layer", "idx"]], on="neuron")
     return df.sort_values(["hops", "matched_from", "neuron", "method", "run"])
 
 
 # (query, params, columns compared). Every packaged query needs at least one case here.
 CASES = [
     ("models", {}, ["model", "kind", "n_layers", "d_mlp", "tokenizer", "neurons"]),
-    ("promotes_token", {"token": " dog"}, ["neuron", "model", "layer", "index", "logit", "rank"]),
+    ("promotes_token", {"token": " dog"}, ["neuron", "model", "layer", "idx", "logit", "rank"]),
     ("promotes_token", {"token": " dog", "model": "beta", "limit": 3}, ["neuron", "logit"]),
     ("promotes_token", {"token": " dog", "model": None}, ["neuron", "logit"]),
     ("suppresses_token", {"token": " dog"}, ["neuron", "logit", "rank"]),
@@ -198,9 +198,9 @@ CASES = [
     ("neurons_filter", {}, ["neuron", "density", "max_act", "score"]),
     ("neurons_filter", {"model": "alpha", "min_layer": 1, "max_layer": 2, "min_density": 0.1, "limit": 5}, ["neuron"]),
     ("neurons_filter", {"min_max_act": 5.0, "max_density": 0.3, "min_score": 0.25}, ["neuron", "score"]),
-    ("explanations_containing", {"phrase": "DOG"}, ["neuron", "model", "layer", "index", "text", "explanation"]),
+    ("explanations_containing", {"phrase": "DOG"}, ["neuron", "model", "layer", "idx", "text", "explanation"]),
     ("explanations_containing", {"phrase": 'word "the"', "model": "beta"}, ["neuron", "text"]),
-    ("neuron_card", {"neuron": "alpha/1/2"}, ["neuron", "model", "layer", "index", "kind", "max_act", "min_act",
+    ("neuron_card", {"neuron": "alpha/1/2"}, ["neuron", "model", "layer", "idx", "kind", "max_act", "min_act",
                                               "mean_act", "var_act", "density", "n_tokens", "n2g_precision",
                                               "n2g_recall", "n2g_f1", "explanation", "explanation_score"]),
     ("neuron_card", {"neuron": "alpha/9/9"}, ["neuron"]),
