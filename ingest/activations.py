@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -769,10 +770,15 @@ class ActivationCollector:
         if not nq or self.windows_done == 0:
             return np.zeros((d, 0))
         _, sample, valid = st.boundary.results(self.windows_done)
-        # Every neuron has seen the same windows, and sampled the same number of them.
-        m = int(valid[0].sum())
-        values = sample[valid].reshape(d, m).astype(np.float64)
-        inner = np.quantile(values, np.arange(1, nq) / nq, axis=1).T.reshape(d, nq - 1)
+        q = np.arange(1, nq) / nq
+        counts = valid.sum(1)
+        if (counts == counts[0]).all():  # always so once every window has been processed
+            inner = np.quantile(sample[valid].reshape(d, counts[0]).astype(np.float64), q, axis=1)
+        else:  # a plan's partial results: each neuron has reached its own number of planned windows
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row: no boundaries yet
+                inner = np.nanquantile(np.where(valid, sample, np.nan).astype(np.float64), q, axis=1)
+        inner = inner.T.reshape(d, nq - 1)
         return np.concatenate([lo[:, None], inner, hi[:, None]], 1)
 
 

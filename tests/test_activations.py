@@ -355,3 +355,17 @@ def test_records_can_be_switched_off():
     assert (res.stats["quantile_boundaries"].map(len) == 0).all()
     with pytest.raises(IngestError, match="per_quantile"):
         RecordConfig(per_quantile=0)
+
+
+def test_partial_results_of_a_planned_pass_hold_only_windows_seen():
+    adapter = adapter_for(tiny_llama())
+    tokens = corpus()
+    c = ActivationCollector(adapter, [0], WINDOW, CFG, bos_id=None, n_windows=N_WINDOWS)
+    for start in range(0, 100, 20):
+        c.process(tokens[start:start + 20], start)
+    res = c.layer_results(0)
+    assert res.records["window"].max() < 100
+    assert (res.stats["n_tokens"] == 100 * WINDOW).all()
+    assert (res.stats["quantile_boundaries"].map(len) == CFG.n_quantiles + 1).all()
+    with pytest.raises(IngestError, match="past the end"):
+        c.process(tokens[:60], 100)
