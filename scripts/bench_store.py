@@ -8,15 +8,20 @@ activations each) per neuron. --scale shrinks neurons per layer, vocabulary and 
 Four measurements, each over the very same frames (generated per batch from a fixed seed,
 outside the timed region):
 
-  raw_copy      LadybugDB ``COPY T FROM df`` into a fresh database: the ceiling
+  raw_copy      LadybugDB ``COPY T FROM df`` into a fresh database: the baseline
   upsert_new    EmbeddedStore.upsert_* into an empty store
   upsert_again  the same upserts again (the idempotent path: look up, compare, write nothing)
   bolt          Neo4jStore upserts into FalkorDB over Bolt (tests/servers.py), when available
 
-Prints a table and writes JSON (rows/s per table and overall, ratios against raw_copy).
-Query latency is measured elsewhere.
+Each table is handed over as frames of --batch-size rows (default: the embedded store's,
+so one frame per table); --batch-size 50000 shows the cost of many batches, which LadybugDB
+charges for (see EmbeddedStore.default_batch_size). --repeat N keeps each table's best of N
+runs, which steadies the numbers on a busy machine. Also timed: four ways to find which of
+50,000 ids are stored. Prints a table and writes JSON (rows/s per table and overall, ratios
+against raw_copy). Query latency is measured elsewhere.
 
-    python scripts/bench_store.py --scale 0.1
+    python scripts/bench_store.py --scale 0.1              # smoke test, about a minute
+    python scripts/bench_store.py --repeat 3 --no-bolt     # SmolLM2 size
 """
 
 from __future__ import annotations
@@ -165,6 +170,20 @@ def measure(data: Synthetic, write: Callable[[str, pd.DataFrame], None], log: Ca
                                     "rows_per_s": round(total_rows / total_s)}}
 
 
+def keep_best(results: dict, key: str, run: dict) -> None:
+    """Keep, per table, the fastest of the repeats: the machine's noise only ever slows a run down."""
+    if key not in results:
+        results[key] = run
+        return
+    best = results[key]
+    for name, t in run["tables"].items():
+        if t["seconds"] < best["tables"][name]["seconds"]:
+            best["tables"][name] = t
+    rows = sum(t["rows"] for t in best["tables"].values())
+    seconds = sum(t["seconds"] for t in best["tables"].values())
+    best["total"] = {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds)}
+
+
 def raw_copy(data: Synthetic, workdir: Path, log) -> dict:
     path = workdir / "raw"
     path.mkdir()
@@ -282,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bolt-budget", type=float, default=300,
                     help="seconds the Bolt run may take; tables not done by then are not measured (default %(default)s)")
     ap.add_argument("--workdir", help="where the databases go (default: a temporary directory)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the embedded measurements this many times and keep each table's best (default 1)")
     ap.add_argument("--tables", help="comma-separated relationship types to measure (default: all); "
                                      "node tables are always written, as the relationships need them")
     args = ap.parse_args(argv)
@@ -295,21 +316,25 @@ def main(argv: list[str] | None = None) -> int:
     data = Synthetic(args.scale, args.batch_size, args.seed)
     log = print
     workdir_ctx = tempfile.TemporaryDirectory(dir=args.workdir)
+    results: dict = {}
     with workdir_ctx as tmp:
-        workdir = Path(tmp)
-        results = {}
-        log(f"raw COPY into a fresh LadybugDB ({workdir})")
-        results["raw_copy"] = raw_copy(data, workdir, log)
-        with EmbeddedStore(str(workdir / "store"), create=True) as store:
-            log("EmbeddedStore upserts into an empty store")
-            results["upsert_new"] = measure(data, store_writer(store), log)
-            log("EmbeddedStore upserts of the same frames again")
-            results["upsert_again"] = measure(data, store_writer(store), log)
-            counts = store.counts()
-        for name in ORDER:
-            want = results["raw_copy"]["counts"][name]
-            if counts[name] != want:
-                raise SystemExit(f"bench: {name} has {counts[name]} rows in the store, {want} after raw COPY")
+        for r in range(args.repeat):
+            workdir = Path(tmp) / f"run{r}"
+            workdir.mkdir()
+            if args.repeat > 1:
+                log(f"-- repeat {r + 1} of {args.repeat}")
+            log(f"raw COPY into a fresh LadybugDB ({workdir})")
+            keep_best(results, "raw_copy", raw_copy(data, workdir, log))
+            with EmbeddedStore(str(workdir / "store"), create=True) as store:
+                log("EmbeddedStore upserts into an empty store")
+                keep_best(results, "upsert_new", measure(data, store_writer(store), log))
+                log("EmbeddedStore upserts of the same frames again")
+                keep_best(results, "upsert_again", measure(data, store_writer(store), log))
+                counts = store.counts()
+            for name in ORDER:
+                want = results["raw_copy"]["counts"][name]
+                if counts[name] != want:
+                    raise SystemExit(f"bench: {name} has {counts[name]} rows in the store, {want} after raw COPY")
     if args.no_bolt:
         results["bolt"] = {"not_measured": "--no-bolt"}
     else:
@@ -337,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "store write throughput",
         "scale": args.scale,
         "batch_size": args.batch_size,
+        "repeat": args.repeat,
         "tables": ORDER,
         "seed": args.seed,
         "sizes": data.sizes(),

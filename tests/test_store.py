@@ -349,6 +349,22 @@ def test_changed_values_update_in_place(full, frames):
     assert decode_activations(first[0]["acts"]).tolist() == [0.0] * SNIPPET_LEN
 
 
+def test_one_batch_updates_and_adds(full, frames):
+    tokens = pd.DataFrame({"id": ["tok/0", "tok/new"], "text": ["changed", "fresh"]})
+    full.upsert_nodes("Token", tokens)
+    got = records(full, "MATCH (t:Token) WHERE t.id IN ['tok/0', 'tok/new'] RETURN t.id AS id, t.text AS text, "
+                        "t.token_id AS token_id ORDER BY id")
+    assert got == [{"id": "tok/0", "text": "changed", "token_id": 0}, {"id": "tok/new", "text": "fresh", "token_id": None}]
+    row = frames["PROMOTES"].iloc[0]
+    full.upsert_rels("PROMOTES", pd.DataFrame({"src": [row["src"], row["src"]], "dst": [row["dst"], "tok/new"],
+                                               "logit": [-1.0, -2.0], "rank": [5, 6]}))
+    got = records(full, "MATCH (a:Neuron {id: $s})-[r:PROMOTES]->(b:Token) WHERE b.id IN [$d, 'tok/new'] "
+                        "RETURN b.id AS dst, r.logit AS logit, r.`rank` AS `rank` ORDER BY `rank`",
+                  {"s": row["src"], "d": row["dst"]})
+    assert got == [{"dst": row["dst"], "logit": -1.0, "rank": 5}, {"dst": "tok/new", "logit": -2.0, "rank": 6}]
+    assert full.counts()["PROMOTES"] == len(frames["PROMOTES"]) + 1
+
+
 def test_rel_key_distinguishes_relationships(full, frames):
     row = frames["ACTIVATES_ON"].iloc[0]
     other_kind = pd.DataFrame([{**row.to_dict(), "kind": "random", "rank": 7}])

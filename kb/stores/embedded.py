@@ -5,12 +5,12 @@ that speaks Cypher and bulk-loads Arrow and pandas frames with ``COPY``. The dat
 single file, so a store is a *directory* holding it, with room beside it for what belongs
 to the knowledge base but not in the graph (FAISS indexes, ingest checkpoints)::
 
-    <store>/graph.lbug      the graph (LadybugDB keeps a .wal beside it while it is open)
+    <store>/graph.lbug      the graph (LadybugDB keeps its log and lock files beside it)
 
 Writes take the bulk path. In each batch, rows whose key is new are ``COPY``-ed; rows whose
-key exists are compared with what is stored and only those that differ are ``SET``. The
-batch runs in one transaction, so a failed batch leaves the store as it was, and writing
-the same rows twice writes nothing the second time.
+key exists are compared with what is stored and only those that differ are ``SET``. A
+batch is atomic, so a failed batch leaves the store as it was, and writing the same rows
+twice writes nothing the second time.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ from kb.errors import (
     ParameterError,
     QueryError,
     SchemaError,
-    SchemaVersionMismatch,
     StoreCorrupt,
     StoreNotFound,
 )
-from kb.stores.base import _STRINGS_AND_COMMENTS, Store
+from kb.stores.base import Store, check_schema_version
 
 GRAPH_FILE = "graph.lbug"
 
@@ -56,8 +55,6 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     schema.STRING_LIST: pa.list_(pa.string()),
 }
 
-_ENDPOINT = schema.Prop("id", schema.STRING)
-_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _MISSING_KEY = re.compile(r"Unable to find primary key value (.*)\.$")
 _NO_TRANSACTION = "No active transaction"
 
@@ -154,12 +151,13 @@ class EmbeddedStore(Store):
     """A knowledge base in a local directory (LadybugDB); no server."""
 
     engine = "embedded"
-    # LadybugDB writes a COPY straight to disk only where the relationship table's node group
-    # is still empty; a later COPY into the same group is merged row by row at the next
-    # checkpoint, and for list properties that merge grows with the square of the rows
-    # (measured: 20k ACTIVATES_ON rows take 2.5 s into an empty table, 72 s into one holding
-    # 20k). So a frame handed over whole should reach the engine whole: batches are large
-    # here, and Arrow keeps even a million activation records to a few hundred MB.
+    # LadybugDB writes a relationship COPY straight to disk only while the table's node
+    # group is empty; a later COPY into the same group rewrites what the group already holds
+    # at the next checkpoint, so writing a table in many batches costs the square of the
+    # batches. Measured on SmolLM2-sized activation records (921,600 rows, 64 floats each):
+    # one COPY 13-20 s, one per layer (30) 86 s, with the later batches slowing from 0.5 s to
+    # 5-7 s each. So a frame handed over whole reaches the engine whole; in Arrow a million
+    # such records take a few hundred MB.
     default_batch_size = 1_000_000
 
     def __init__(self, url: str, *, read_only: bool = False, create: bool = False):
@@ -224,13 +222,7 @@ class EmbeddedStore(Store):
         if version is None:
             raise StoreCorrupt(f"the knowledge base at {self.url} records no schema version",
                                "re-ingest into a new store with: nkb ingest --store NEWPATH")
-        if version != str(schema.SCHEMA_VERSION):
-            writer = meta.get("created_by") or "another neuron-kb version"
-            raise SchemaVersionMismatch(
-                f"the knowledge base at {self.url} has schema version {version} (written by {writer}); "
-                f"this neuron-kb expects schema version {schema.SCHEMA_VERSION}",
-                "open it with the neuron-kb version that wrote it, or re-ingest into a new store with: "
-                "nkb ingest --store NEWPATH")
+        check_schema_version(self.url, version, meta.get("created_by"), "NEWPATH")
         missing = [t for t in (*schema.NODE_BY_LABEL, *schema.REL_BY_TYPE) if t not in tables]
         if missing:
             raise StoreCorrupt(f"the knowledge base at {self.url} lacks table(s) {', '.join(missing)}",
@@ -318,23 +310,24 @@ class EmbeddedStore(Store):
         label = _q(nt.label)
         match = f"MATCH (n:{label} {{{_q(pk)}: {_var(pk)}}})"
         try:
-            with self._transaction():
-                new, changed = np.arange(len(ids)), np.array([], dtype=np.int64)
-                if self._node_count(nt.label):
-                    keys = pa.table({"_row": pa.array(np.arange(len(ids))), "_p_" + pk: ids})
-                    got = "".join(f", n.{_q(p.name)} AS {_var(p.name)}" for p in values)
-                    old = self._table(f"LOAD FROM $keys {match} RETURN _row{got}", {"keys": keys})
-                    new, changed = self._split(len(ids), cols, values, old)
-                if len(changed) and values:
-                    take = pa.array(changed)
-                    rows = pa.table({"_p_" + p.name: cols[p.name].take(take) for p in present})
-                    sets = ", ".join(f"n.{_q(p.name)} = {_var(p.name)}" for p in values)
-                    self._execute(f"LOAD FROM $rows {match} SET {sets}", {"rows": rows})
-                if len(new):
-                    take = None if len(new) == len(ids) else pa.array(new)
-                    rows = pa.table({p.name: (cols[p.name] if take is None else cols[p.name].take(take))
-                                     if p.name in cols else pa.nulls(len(new), ARROW_TYPES[p.type]) for p in nt.props})
-                    self._execute(f"COPY {label} FROM $rows", {"rows": rows})
+            new, changed = np.arange(len(ids)), np.array([], dtype=np.int64)
+            if self._node_count(nt.label):
+                keys = pa.table({"_row": pa.array(np.arange(len(ids))), "_p_" + pk: ids})
+                got = "".join(f", n.{_q(p.name)} AS {_var(p.name)}" for p in values)
+                old = self._table(f"LOAD FROM $keys {match} RETURN _row{got}", {"keys": keys})
+                new, changed = self._split(len(ids), cols, values, old["_row"].to_numpy(), old)
+            writes = []
+            if len(changed) and values:
+                take = pa.array(changed)
+                rows = pa.table({"_p_" + p.name: cols[p.name].take(take) for p in present})
+                sets = ", ".join(f"n.{_q(p.name)} = {_var(p.name)}" for p in values)
+                writes.append((f"LOAD FROM $rows {match} SET {sets}", {"rows": rows}))
+            if len(new):
+                take = None if len(new) == len(ids) else pa.array(new)
+                rows = pa.table({p.name: (cols[p.name] if take is None else cols[p.name].take(take))
+                                 if p.name in cols else pa.nulls(len(new), ARROW_TYPES[p.type]) for p in nt.props})
+                writes.append((f"COPY {label} FROM $rows", {"rows": rows}))
+            self._write(writes)
         except RuntimeError as e:
             raise NkbError(f"writing {len(ids)} {nt.label} rows failed: {_first_line(e)}",
                            "the batch was rolled back; the store is as it was") from None
@@ -345,63 +338,90 @@ class EmbeddedStore(Store):
         present = [p for p in rt.props if p.name in df.columns]
         cols = {p.name: _column(rt.type, p, df[p.name]) for p in present}
         values = [p for p in present if p.name not in rt.key]
-        match = (f"MATCH (a:{_q(rt.src)} {{id: _src}})-[r:{_q(rt.type)}]->(b:{_q(rt.dst)} {{id: _dst}})"
-                 + ("".join(f" {'WHERE' if i == 0 else 'AND'} r.{_q(k)} = {_var(k)}" for i, k in enumerate(rt.key))))
+        copied = None
         try:
-            with self._transaction():
-                new, changed = np.arange(len(src)), np.array([], dtype=np.int64)
-                if self._has_rels_from(rt, src):
-                    keys = pa.table({"_row": pa.array(np.arange(len(src))), "_src": src, "_dst": dst,
-                                     **{"_p_" + k: cols[k] for k in rt.key}})
-                    got = "".join(f", r.{_q(p.name)} AS {_var(p.name)}" for p in values)
-                    old = self._table(f"LOAD FROM $keys {match} RETURN _row{got}", {"keys": keys})
-                    new, changed = self._split(len(src), cols, values, old)
-                if len(changed) and values:
-                    take = pa.array(changed)
-                    rows = pa.table({"_src": src.take(take), "_dst": dst.take(take),
-                                     **{"_p_" + p.name: cols[p.name].take(take) for p in present}})
-                    sets = ", ".join(f"r.{_q(p.name)} = {_var(p.name)}" for p in values)
-                    self._execute(f"LOAD FROM $rows {match} SET {sets}", {"rows": rows})
-                if len(new):
-                    take = None if len(new) == len(src) else pa.array(new)
-                    part = (lambda a: a) if take is None else (lambda a: a.take(take))
-                    rows = pa.table({"_src": part(src), "_dst": part(dst),
-                                     **{p.name: part(cols[p.name]) if p.name in cols
-                                        else pa.nulls(len(new), ARROW_TYPES[p.type]) for p in rt.props}})
-                    self._copy_rels(rt, rows)
+            new, changed = np.arange(len(src)), np.array([], dtype=np.int64)
+            found = self._stored_rels(rt, src, values)
+            if found is not None and found.num_rows:
+                rows, old = self._align(rt, src, dst, cols, found)
+                new, changed = self._split(len(src), cols, values, rows, old)
+            writes = []
+            if len(changed) and values:
+                take = pa.array(changed)
+                rows = pa.table({"_src": src.take(take), "_dst": dst.take(take),
+                                 **{"_p_" + p.name: cols[p.name].take(take) for p in present}})
+                match = (f"MATCH (a:{_q(rt.src)} {{id: _src}})-[r:{_q(rt.type)}]->(b:{_q(rt.dst)} {{id: _dst}})"
+                         + "".join(f" {'WHERE' if i == 0 else 'AND'} r.{_q(k)} = {_var(k)}"
+                                   for i, k in enumerate(rt.key)))
+                sets = ", ".join(f"r.{_q(p.name)} = {_var(p.name)}" for p in values)
+                writes.append((f"LOAD FROM $rows {match} SET {sets}", {"rows": rows}))
+            if len(new):
+                take = None if len(new) == len(src) else pa.array(new)
+                part = (lambda a: a) if take is None else (lambda a: a.take(take))
+                copied = pa.table({"_src": part(src), "_dst": part(dst),
+                                   **{p.name: part(cols[p.name]) if p.name in cols
+                                      else pa.nulls(len(new), ARROW_TYPES[p.type]) for p in rt.props}})
+                writes.append((f"COPY {_q(rt.type)} FROM $rows", {"rows": copied}))
+            self._write(writes)
         except RuntimeError as e:
+            m = _MISSING_KEY.search(_first_line(e))
+            if m and copied is not None:
+                missing = m.group(1)
+                label = rt.src if pc.any(pc.equal(copied["_src"], missing)).as_py() else rt.dst
+                raise SchemaError(f"{rt.type} rows refer to a {label} that is not in the store: {missing!r}",
+                                  f"write the {label} nodes before their {rt.type} relationships; "
+                                  "the batch was rolled back") from None
             raise NkbError(f"writing {len(src)} {rt.type} rows failed: {_first_line(e)}",
                            "the batch was rolled back; the store is as it was") from None
 
-    def _has_rels_from(self, rt: schema.RelType, src: pa.Array) -> bool:
-        """Might some of these rows exist already? False is certain; True means look row by row."""
-        # On a first ingest every batch brings new sources: both checks cost a few
-        # milliseconds, against tens for the row-by-row lookup.
+    def _stored_rels(self, rt: schema.RelType, src: pa.Array, values: list[schema.Prop]) -> pa.Table | None:
+        """Every stored relationship of this type leaving the batch's sources (None: there are none)."""
+        # An empty table (a first ingest) costs one count. Otherwise we fetch by source:
+        # matching on source *and* target makes the planner scan the whole relationship
+        # table into a hash join, once per batch (0.16 s against 0.10 s at 460k PROMOTES,
+        # and the gap grows with the table and its list properties).
         if not self._rel_count(rt.type):
-            return False
-        sources = pa.table({"_src": pc.unique(src)})
-        hit = self._table(f"LOAD FROM $sources MATCH (a:{_q(rt.src)} {{id: _src}})-[:{_q(rt.type)}]->() "
-                          "RETURN _src LIMIT 1", {"sources": sources})
-        return hit.num_rows > 0
-
-    def _copy_rels(self, rt: schema.RelType, rows: pa.Table) -> None:
-        try:
-            self._execute(f"COPY {_q(rt.type)} FROM $rows", {"rows": rows})
-        except RuntimeError as e:
-            m = _MISSING_KEY.search(_first_line(e))
-            if not m:
-                raise
-            missing = m.group(1)
-            label = rt.src if pc.any(pc.equal(rows["_src"], missing)).as_py() else rt.dst
-            raise SchemaError(f"{rt.type} rows refer to a {label} that is not in the store: {missing!r}",
-                              f"write the {label} nodes before their {rt.type} relationships; "
-                              "the batch was rolled back") from None
+            return None
+        got = "".join(f", r.{_q(name)} AS {_var(name)}" for name in (*rt.key, *(p.name for p in values)))
+        return self._table(f"LOAD FROM $sources MATCH (a:{_q(rt.src)} {{id: _src}})-[r:{_q(rt.type)}]->"
+                           f"(b:{_q(rt.dst)}) RETURN _src, b.id AS _dst{got}",
+                           {"sources": pa.table({"_src": pc.unique(src)})})
 
     @staticmethod
-    def _split(n: int, cols: dict[str, pa.Array], values: list[schema.Prop],
+    def _align(rt: schema.RelType, src: pa.Array, dst: pa.Array, cols: dict[str, pa.Array],
+               found: pa.Table) -> tuple[np.ndarray, pa.Table]:
+        """Pair batch rows with the stored relationships of the same (src, dst, *key)."""
+        keys = ["_src", "_dst", *("_p_" + k for k in rt.key)]
+        batch = pa.table({"_row": pa.array(np.arange(len(src))), "_src": src, "_dst": dst,
+                          **{"_p_" + k: cols[k] for k in rt.key}})
+        stored = pa.table({k: _as_array(found[k]).cast(batch[k].type) for k in keys})
+        stored = stored.append_column("_i", pa.array(np.arange(found.num_rows)))
+        # Only integer payloads go through the join (Arrow joins refuse list columns).
+        pairs = batch.join(stored, keys, join_type="inner")
+        old = found.take(pairs["_i"])
+        return pairs["_row"].to_numpy(), old
+
+    def _write(self, statements: list[tuple[str, dict[str, Any]]]) -> None:
+        """Run one batch's writing statements so that they all happen or none does."""
+        # One statement is atomic by itself (a failing COPY writes nothing), so it runs in
+        # auto-commit: inside BEGIN...COMMIT a relationship COPY is not written straight to
+        # disk but spends about as long again at COMMIT, and on a busy disk we measured that
+        # path over ten times slower (300k activation records: 34 s against more than 8 min).
+        # Only a batch that both updates and adds needs the explicit transaction.
+        if len(statements) == 1:
+            self._execute(*statements[0])
+            return
+        with self._transaction():
+            for query, params in statements:
+                self._execute(query, params)
+
+    @staticmethod
+    def _split(n: int, cols: dict[str, pa.Array], values: list[schema.Prop], found: np.ndarray,
                old: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of the batch (of ``n``) that are new, and existing rows whose stored values differ."""
-        found = old["_row"].to_numpy()
+        """Rows of the batch (of ``n``) that are new, and stored ones whose values differ.
+
+        ``found[i]`` is the batch row that the stored values ``old[i]`` belong to.
+        """
         is_new = np.ones(n, dtype=bool)
         is_new[found] = False
         differs = np.zeros(len(found), dtype=bool)
@@ -449,13 +469,6 @@ class EmbeddedStore(Store):
 
     # -- reading ------------------------------------------------------------------------
     def _run(self, query: str, params: dict[str, Any], *, write: bool) -> pd.DataFrame:
-        # LadybugDB binds a parameter it was not given as NULL, which turns a typo into an
-        # empty answer; refuse instead.
-        needed = set(_PARAM.findall(_STRINGS_AND_COMMENTS.sub(" ", query)))
-        missing = sorted(needed - set(params))
-        if missing:
-            raise ParameterError(f"the query needs parameter ${missing[0]}",
-                                 f"pass it as params={{{missing[0]!r}: ...}}, or -p {missing[0]}=VALUE on the command line")
         params = {k: _param_value(v) for k, v in params.items()}
         try:
             if write:
