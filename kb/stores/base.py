@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from kb import schema
-from kb.errors import ReadOnlyViolation, SchemaError
+from kb.errors import ParameterError, ReadOnlyViolation, SchemaError, SchemaVersionMismatch
 
 Frames = pd.DataFrame | Iterable[pd.DataFrame] | Any  # a DataFrame, a pyarrow Table, or an iterable of them
 Progress = Callable[[int], None]  # called with the number of rows just written
@@ -30,6 +30,30 @@ _STRINGS_AND_COMMENTS = re.compile(
     r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|`[^`]*`|//[^\n]*|/\*.*?\*/""",
     re.DOTALL,
 )
+
+
+_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def check_params(query: str, params: dict[str, Any]) -> None:
+    """Refuse a query whose ``$name`` placeholders are not all given: engines differ (LadybugDB
+    binds a missing one as NULL, which turns a typo into an empty answer), so refuse on all."""
+    needed = set(_PARAM.findall(_STRINGS_AND_COMMENTS.sub(" ", query)))
+    missing = sorted(needed - set(params))
+    if missing:
+        raise ParameterError(f"the query needs parameter ${missing[0]}",
+                             f"pass it as params={{{missing[0]!r}: ...}}, or -p {missing[0]}=VALUE on the command line")
+
+
+def check_schema_version(url: str, version: str, created_by: str | None, new_location: str) -> None:
+    """Refuse a store written by another schema version, saying what to do about it."""
+    if version != str(schema.SCHEMA_VERSION):
+        raise SchemaVersionMismatch(
+            f"the knowledge base at {url} has schema version {version} "
+            f"(written by {created_by or 'another neuron-kb version'}); "
+            f"this neuron-kb expects schema version {schema.SCHEMA_VERSION}",
+            "open it with the neuron-kb version that wrote it, or re-ingest into a new store with: "
+            f"nkb ingest --store {new_location}")
 
 
 def write_clause(query: str) -> str | None:
@@ -157,11 +181,13 @@ class Store(ABC):
         reaches the engine, and the engine itself is asked for a read-only transaction
         where it offers one.
         """
+        params = params or {}
         if not write:
             check_read_only(query)
         elif self.read_only:
             self._check_writable()
-        return self._run(query, params or {}, write=write)
+        check_params(query, params)
+        return self._run(query, params, write=write)
 
     # -- engine-specific ----------------------------------------------------------------
     @abstractmethod

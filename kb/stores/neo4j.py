@@ -44,11 +44,10 @@ from kb.errors import (
     QueryError,
     ReadOnlyViolation,
     SchemaError,
-    SchemaVersionMismatch,
     StoreCorrupt,
     StoreNotFound,
 )
-from kb.stores.base import _STRINGS_AND_COMMENTS, Store
+from kb.stores.base import Store, check_schema_version
 
 DATABASE_ENV = "NKB_NEO4J_DATABASE"
 BATCH_SIZE_ENV = "NKB_NEO4J_BATCH_SIZE"
@@ -67,7 +66,6 @@ COMPOSE_HINT = ("start one with: NKB_NEO4J_PASSWORD=... docker compose -f docker
 # A NullHandler keeps it quiet there and still lets an application's handlers see it.
 logging.getLogger("neo4j").addHandler(logging.NullHandler())
 
-_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 # FalkorDB's parser errors: "errMsg: Invalid input ... line: 1, column: 10, offset: 9 errCtx: <query> errCtxOffset: 9"
 _FALKORDB_PARSE_ERROR = re.compile(r"^errMsg: (.*?)(?: errCtx: .*)?$")
 
@@ -449,13 +447,7 @@ class Neo4jStore(Store):
                                    "use an empty database (or clear this one) for a knowledge base")
             self._create()
             return
-        if version != str(schema.SCHEMA_VERSION):
-            writer = self.get_meta("created_by") or "another neuron-kb version"
-            raise SchemaVersionMismatch(
-                f"the knowledge base at {self.url} has schema version {version} (written by {writer}); "
-                f"this neuron-kb expects schema version {schema.SCHEMA_VERSION}",
-                "open it with the neuron-kb version that wrote it, or re-ingest into a new store with: "
-                "nkb ingest --store NEWURL")
+        check_schema_version(self.url, version, self.get_meta("created_by"), "NEWURL")
 
     def _create(self) -> None:
         from kb import __version__
@@ -601,11 +593,6 @@ class Neo4jStore(Store):
 
     # -- reading ------------------------------------------------------------------------
     def _run(self, query: str, params: dict[str, Any], *, write: bool) -> pd.DataFrame:
-        needed = set(_PARAM.findall(_STRINGS_AND_COMMENTS.sub(" ", query)))
-        missing = sorted(needed - set(params))
-        if missing:
-            raise ParameterError(f"the query needs parameter ${missing[0]}",
-                                 f"pass it as params={{{missing[0]!r}: ...}}, or -p {missing[0]}=VALUE on the command line")
         sent = {str(k): _param(str(k), v) for k, v in params.items()}
 
         def work(tx: neo4j.ManagedTransaction) -> pd.DataFrame:
