@@ -42,12 +42,13 @@ dependence on batch size, batch composition, device or resumes.
     at least ``per_quantile`` members of bin j; otherwise the bin gets the fewer it holds
     (probability about 1e-5 per bin at the defaults: Binomial(64, 0.2) < 2).
 
-Records store the neuron's activation at every window token (``window`` values, aligned with
-the Snippet's token_ids) in float32: it is the graph's FLOAT[] type, so nothing is rounded
-twice; a record's ``max`` and ``position`` come from exactly the stored values, so they agree
-with the list and with the per-window max that chose the record; and it avoids fp16's range
-limit (LLMs have "massive activations" in the thousands) and bf16's 8-bit mantissa. The cost is
-bounded and known in advance (``buffer_bytes``: 52 MB per layer for SmolLM2-135M at window 64
+Records keep the neuron's activation at every window token (``window`` values, aligned with
+the Snippet's token_ids) in float32, the dtype the statistics and selections are computed in:
+a record's ``max`` and ``position`` come from exactly the kept values, so they agree with the
+per-window max that chose the record and with each other; fp16 would overflow on LLMs' "massive
+activations" (thousands) and bf16's 8-bit mantissa would create false ties and move argmaxes.
+Whatever encoding the graph stores (``kb.records``) is then applied once, at write time. The cost
+is bounded and known in advance (``buffer_bytes``: 52 MB per layer for SmolLM2-135M at window 64
 and the defaults, half of it the quantile reservoir; 1.6 GB for all 30 layers in one pass).
 
 Hot path
@@ -406,6 +407,7 @@ class _LayerState:
         # Per-window partials of the current group, row = window % _GROUP.
         self.partials = torch.zeros((5, _GROUP, d), **f32)
         self.top = _Keep(d, cfg.top_k, (window,), device)
+        self.top_bar = _key_values(self.top.smallest)  # float32 [d]: the k-th max, as of the last merge
         # Top-record candidates waiting for a bulk merge (CPU): (neuron, window, max, activations).
         self.waiting: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.n_waiting = 0
@@ -437,6 +439,7 @@ class _LayerState:
             if not isinstance(part, dict):
                 raise _refuse(f"{where}.{name}")
             getattr(self, name).load(part, f"{where}.{name}")
+        self.top_bar = _key_values(self.top.smallest)
 
 
 def _fold(st: _LayerState, rows: int, tokens: int, n_before: int) -> tuple[torch.Tensor, ...]:
@@ -651,7 +654,7 @@ class ActivationCollector:
         acts = x.permute(0, 2, 1)  # [B, d, T]: payloads are looked up per (window, neuron)
         if self._sparse:
             # Candidates beat the k-th max as of the last merge: a superset of the true ones.
-            b, n = torch.nonzero(wmax > _key_values(st.top.smallest), as_tuple=True)
+            b, n = torch.nonzero(wmax > st.top_bar, as_tuple=True)
             if b.numel():
                 st.waiting.append((n, windows[b], wmax[b, n], acts[b, n]))
                 st.n_waiting += b.numel()
@@ -695,6 +698,7 @@ class ActivationCollector:
         n, w, v, a = (torch.cat(parts) for parts in zip(*st.waiting))
         st.waiting, st.n_waiting = [], 0
         st.top.merge_pairs(n, _value_keys(v, w), w, a)
+        st.top_bar = _key_values(st.top.smallest)
 
     def _settle(self) -> None:
         """Merge every waiting top candidate (results and checkpoints see complete buffers)."""

@@ -375,6 +375,24 @@ def test_rel_key_distinguishes_relationships(full, frames):
     assert got == [{"kind": "random", "rank": 7}, {"kind": "top", "rank": row["rank"]}]
 
 
+def test_upserts_see_rows_written_by_other_means(store_url):
+    """Rows that came from a Cypher write or an earlier session are updated, never duplicated."""
+    nodes = pd.DataFrame({"id": ["n/0/0", "n/0/1"]})
+    token = pd.DataFrame({"id": ["t/1"]})
+    with open_store(store_url, create=True) as s:
+        s.upsert_nodes("Neuron", nodes)
+        s.upsert_nodes("Token", token)
+        s.upsert_rels("PROMOTES", pd.DataFrame({"src": ["n/0/0"], "dst": ["t/1"], "logit": [1.0]}))
+        s.cypher("MATCH (a:Neuron {id: 'n/0/1'}), (b:Token {id: 't/1'}) CREATE (a)-[:PROMOTES {logit: 2.0}]->(b)",
+                 write=True)
+        s.upsert_rels("PROMOTES", pd.DataFrame({"src": ["n/0/1"], "dst": ["t/1"], "logit": [3.0]}))
+        assert s.counts()["PROMOTES"] == 2
+    with open_store(store_url) as s:
+        s.upsert_rels("PROMOTES", pd.DataFrame({"src": ["n/0/0", "n/0/1"], "dst": ["t/1", "t/1"], "logit": [4.0, 5.0]}))
+        assert records(s, PROMOTES_Q) == [{"src": "n/0/0", "dst": "t/1", "logit": 4.0, "rank": None},
+                                          {"src": "n/0/1", "dst": "t/1", "logit": 5.0, "rank": None}]
+
+
 def test_duplicate_ids_in_one_frame_last_wins(store):
     store.upsert_nodes("Token", pd.DataFrame({"id": ["t/1", "t/2", "t/1"], "text": ["first", "two", "last"]}))
     assert records(store, "MATCH (t:Token) RETURN t.id AS id, t.text AS text ORDER BY id") == [

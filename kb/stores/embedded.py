@@ -166,6 +166,10 @@ class EmbeddedStore(Store):
         self.graph_path = self.path / GRAPH_FILE
         self._db: lb.Database | None = None
         self._conn: lb.Connection | None = None
+        # Per relationship type that was empty when this store first wrote to it: the
+        # sources written since. Only they can have relationships of that type, so a batch
+        # of other sources needs no look-up at all. Dropped by anything else that writes.
+        self._sources_written: dict[str, set[str]] = {}
         if self.path.exists() and not self.path.is_dir():
             raise StoreCorrupt(f"{url} is a file, not a knowledge-base directory",
                                f"pass the directory that holds {GRAPH_FILE}")
@@ -363,6 +367,8 @@ class EmbeddedStore(Store):
                                       else pa.nulls(len(new), ARROW_TYPES[p.type]) for p in rt.props}})
                 writes.append((f"COPY {_q(rt.type)} FROM $rows", {"rows": copied}))
             self._write(writes)
+            if copied is not None and rt.type in self._sources_written:
+                self._sources_written[rt.type].update(pc.unique(copied["_src"]).to_pylist())
         except RuntimeError as e:
             m = _MISSING_KEY.search(_first_line(e))
             if m and copied is not None:
@@ -376,16 +382,27 @@ class EmbeddedStore(Store):
 
     def _stored_rels(self, rt: schema.RelType, src: pa.Array, values: list[schema.Prop]) -> pa.Table | None:
         """Every stored relationship of this type leaving the batch's sources (None: there are none)."""
-        # An empty table (a first ingest) costs one count. Otherwise we fetch by source:
-        # matching on source *and* target makes the planner scan the whole relationship
-        # table into a hash join, once per batch (0.16 s against 0.10 s at 460k PROMOTES,
-        # and the gap grows with the table and its list properties).
-        if not self._rel_count(rt.type):
-            return None
+        # A first ingest writes new sources batch after batch, which must cost next to
+        # nothing: a set look-up while this store has seen the table from empty, else one
+        # cheap probe (0.07 s for 2,500 neurons, against 0.37 s for the fetch below, at 500k
+        # stored activation records).
+        sources = pa.table({"_src": pc.unique(src)})
+        label, type_ = _q(rt.src), _q(rt.type)
+        written = self._sources_written.get(rt.type)
+        if written is None and not self._rel_count(rt.type):
+            written = self._sources_written[rt.type] = set()
+        if written is not None:
+            if written.isdisjoint(sources["_src"].to_pylist()):
+                return None
+        else:
+            probe = f"LOAD FROM $sources MATCH (a:{label} {{id: _src}})-[:{type_}]->() RETURN _src LIMIT 1"
+            if not self._table(probe, {"sources": sources}).num_rows:
+                return None
+        # Fetched by source alone: matching on source *and* target makes the planner scan the
+        # whole relationship table into a hash join, once per batch.
         got = "".join(f", r.{_q(name)} AS {_var(name)}" for name in (*rt.key, *(p.name for p in values)))
-        return self._table(f"LOAD FROM $sources MATCH (a:{_q(rt.src)} {{id: _src}})-[r:{_q(rt.type)}]->"
-                           f"(b:{_q(rt.dst)}) RETURN _src, b.id AS _dst{got}",
-                           {"sources": pa.table({"_src": pc.unique(src)})})
+        return self._table(f"LOAD FROM $sources MATCH (a:{label} {{id: _src}})-[r:{type_}]->(b:{_q(rt.dst)}) "
+                           f"RETURN _src, b.id AS _dst{got}", {"sources": sources})
 
     @staticmethod
     def _align(rt: schema.RelType, src: pa.Array, dst: pa.Array, cols: dict[str, pa.Array],
@@ -433,6 +450,7 @@ class EmbeddedStore(Store):
 
     def delete_model(self, model_id: str) -> dict[str, int]:
         self._check_writable()
+        self._sources_written.clear()
         deleted = {nt.label: 0 for nt in schema.NODES}
         p = {"m": model_id}
         try:
@@ -472,6 +490,7 @@ class EmbeddedStore(Store):
         params = {k: _param_value(v) for k, v in params.items()}
         try:
             if write:
+                self._sources_written.clear()
                 return self._result(self._execute(query, params))
             # The base class has already refused writing clauses by reading the text. A
             # READ ONLY transaction makes the engine refuse them too, so a write the lexical
