@@ -15,12 +15,12 @@ from typing import Any
 import click
 import pandas as pd
 
-from kb import __version__, config, output, queries, schema
-from kb.errors import NkbError, StoreNotFound
+from kb import __version__, config, output, queries
+from kb.card import Card, neuron_card
+from kb.errors import NkbError
 from kb.ids import NeuronId
 from kb.records import decode_activations
-from kb.stores import open_store
-from ingest.pipeline import DEFAULT_TOKENS, STAGES
+from kb.stores import init_store, open_store
 
 
 class NkbGroup(click.Group):
@@ -92,15 +92,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def init(store_url: str | None) -> None:
     """Create an empty knowledge base (nothing happens if one is already there)."""
     url = _url(store_url)
-    try:
-        with open_store(url, read_only=True):
-            pass
-    except StoreNotFound:
-        with open_store(url, create=True):
-            pass
+    if init_store(url):
         click.echo(f"Created an empty knowledge base at {config.redact(url)}")
-        return
-    click.echo(f"A knowledge base already exists at {config.redact(url)}")
+    else:
+        click.echo(f"A knowledge base already exists at {config.redact(url)}")
 
 
 @cli.command()
@@ -170,12 +165,7 @@ def list_queries(name: str | None, fmt: str) -> None:
 def stats(store_url: str | None, fmt: str) -> None:
     """Count nodes per label and relationships per type, and neurons per model."""
     with open_store(_url(store_url), read_only=True) as store:
-        counts = store.counts()
-        models = queries.run(store, "models")
-    kinds = {**{n.label: "node" for n in schema.NODES}, **{r.type: "relationship" for r in schema.RELS}}
-    rows = [(kinds.get(k, "node"), k, int(v)) for k, v in counts.items()]
-    rows += [("model", str(m), int(n)) for m, n in zip(models["model"], models["neurons"])]
-    _echo_rows(pd.DataFrame(rows, columns=["kind", "name", "count"]), fmt)
+        _echo_rows(queries.store_stats(store), fmt)
 
 
 @cli.command()
@@ -194,13 +184,11 @@ def show(neuron: str, tokens: int, records: int, record_kind: str, store_url: st
     """
     nid = str(NeuronId.parse(neuron))
     with open_store(_url(store_url), read_only=True) as store:
-        card = queries.neuron_card(store, nid, tokens=tokens, records=records, record_kind=record_kind)
+        card = neuron_card(store, nid, tokens=tokens, records=records, record_kind=record_kind)
     if fmt == "json":
-        card = {k: (output.records(v)[0] if k == "neuron" else v) for k, v in card.items()}
-        click.echo(output.to_json(card))
+        click.echo(output.to_json(card.to_dict()))
         return
-    color = sys.stdout.isatty()
-    click.echo(_card_text(card, record_kind, color))
+    click.echo(card_text(card, color=sys.stdout.isatty()))
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
@@ -210,10 +198,10 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
     return format(value, spec) if isinstance(value, float) else str(value)
 
 
-def _token_list(df: pd.DataFrame, value_col: str) -> str:
-    if df.empty:
+def _token_list(rows: list[dict[str, Any]], value_col: str) -> str:
+    if not rows:
         return "-"
-    return ", ".join(f"{json.dumps(t, ensure_ascii=False)} {_fmt(v)}" for t, v in zip(df["token"], df[value_col]))
+    return ", ".join(f"{json.dumps(r['token'], ensure_ascii=False)} {_fmt(r[value_col])}" for r in rows)
 
 
 def mark_firing(tokens: list[str], activations: str | None, color: bool) -> str:
@@ -232,8 +220,9 @@ def mark_firing(tokens: list[str], activations: str | None, color: bool) -> str:
     return "".join(out).replace("\n", "\\n")
 
 
-def _card_text(card: dict[str, pd.DataFrame], record_kind: str, color: bool) -> str:
-    n = output.records(card["neuron"])[0]
+def card_text(card: Card, *, color: bool = False) -> str:
+    """The card as terminal text (bold title and highlighted firing tokens when ``color``)."""
+    n = card.neuron
     title = f"{n['neuron']}  ({n.get('kind') or ''} neuron {n['idx']} of layer {n['layer']} in {n['model']})".replace("( ", "(")
     lines = [click.style(title, bold=True) if color else title]
     lines.append(f"  activation  max {_fmt(n['max_act'])}  min {_fmt(n['min_act'])}  mean {_fmt(n['mean_act'])}  "
@@ -244,25 +233,24 @@ def _card_text(card: dict[str, pd.DataFrame], record_kind: str, color: bool) -> 
         lines.append(f"  explanation {json.dumps(n['explanation'], ensure_ascii=False)} "
                      f"(score {_fmt(n['explanation_score'])})")
     lines.append("")
-    lines.append(f"Promotes:   {_token_list(card['promotes'], 'logit')}")
-    lines.append(f"Suppresses: {_token_list(card['suppresses'], 'logit')}")
-    reads = card["reads"]
-    if reads.empty:
+    lines.append(f"Promotes:   {_token_list(card.promotes, 'logit')}")
+    lines.append(f"Suppresses: {_token_list(card.suppresses, 'logit')}")
+    if not card.reads:
         lines.append("Reads:      -")
-    for via, group in reads.groupby("via", sort=True):
-        lines.append(f"Reads ({via}): {_token_list(group, 'weight')}")
+    for via in sorted({r["via"] for r in card.reads}):
+        lines.append(f"Reads ({via}): {_token_list([r for r in card.reads if r['via'] == via], 'weight')}")
     lines.append("")
-    lines.append(f"Activation records ({record_kind}):")
-    if card["records"].empty:
+    lines.append(f"Activation records ({card.record_kind}):")
+    if not card.records:
         lines.append("  -")
-    for r in output.records(card["records"]):
+    for r in card.records:
         lines.append(f"  {r['rank']:>3}  max {_fmt(r['max_act']):>7}  {mark_firing(r['tokens'], r['activations'], color)}")
     lines.append("")
     lines.append("Explanations:")
-    if card["explanations"].empty:
+    if not card.explanations:
         lines.append("  -")
-    for _, group in card["explanations"].groupby("explanation", sort=True):
-        e = output.records(group)
+    for explanation in sorted({e["explanation"] for e in card.explanations}):
+        e = [row for row in card.explanations if row["explanation"] == explanation]
         first = e[0]
         lines.append(f"  {first['explainer']}/{first['method']}: {json.dumps(first['text'], ensure_ascii=False)}")
         scores = [f"{s['score_method']}/{s['split']} {_fmt(s['score'])}" for s in e if s["score_method"] is not None]
@@ -324,32 +312,33 @@ class _Bars:
             click.echo(message, err=True)
 
 
+def _setting_options(f):
+    """One click option per ingest setting, built from the settings' own definitions (ingest.stages)."""
+    from ingest.stages import all_settings
+
+    for s in reversed(all_settings()):
+        kind = click.Choice(s.choices) if s.choices else s.type
+        f = click.option(s.flag, s.name, type=kind, default=s.default, show_default=s.default is not None,
+                         help=s.help)(f)
+    return f
+
+
+def _stages_help() -> str:
+    from ingest.stages import REGISTRY
+
+    return "Comma-separated stages to run, or all (the default ones). Stages: " + "; ".join(
+        f"{name}: {stage.help}{'' if stage.default else ' (not in all)'}" for name, stage in REGISTRY.items())
+
+
 @cli.command()
 @click.argument("model", default="smollm2-135m")
 @click.option("--name", help="Model id in the store (default: the bundled name, HF id or directory name).")
-@click.option("--corpus", metavar="SPEC",
-              help="Text to run: a .txt/.jsonl/.parquet file or directory, or hf:NAME[:CONFIG][:SPLIT]. "
-                   "Default: Python's bundled documentation.")
-@click.option("--tokens", type=int, default=DEFAULT_TOKENS, show_default=True, help="Corpus token budget.")
-@click.option("--window", type=int, default=64, show_default=True, help="Tokens per text window (snippet).")
 @click.option("--layers", metavar="LIST", help="Layers to ingest, e.g. 0-5,12 (default: all).")
-@click.option("--stages", metavar="LIST", default=",".join(STAGES), show_default=True,
-              help="Comma-separated stages to run.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 or auto.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Windows per forward pass.")
-@click.option("--top-k", type=int, default=20, show_default=True, help="Top-activating records per neuron.")
-@click.option("--random", "n_random", type=int, default=10, show_default=True, help="Random records per neuron.")
-@click.option("--quantiles", "n_quantiles", type=int, default=5, show_default=True,
-              help="Activation quantile bins to sample records from (0: none).")
-@click.option("--per-quantile", type=int, default=2, show_default=True, help="Records per quantile bin.")
-@click.option("--lmhead-k", type=int, default=10, show_default=True,
-              help="Promoted, suppressed and read tokens per neuron.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the record sampling.")
-@click.option("--checkpoint-every", type=int, default=20, show_default=True,
-              help="Batches between checkpoints of the activation pass.")
+@click.option("--stages", metavar="LIST", default="all", show_default=True, help=_stages_help())
+@_setting_options
 @store_option
-def ingest(model: str, store_url: str | None, layers: str | None, stages: str, **options: Any) -> None:
+def ingest(model: str, store_url: str | None, layers: str | None, stages: str, name: str | None,
+           **settings: Any) -> None:
     """Compute and store what every neuron of MODEL responds to and what it writes.
 
     MODEL is a bundled name (smollm2-135m), a Hugging Face id, a local directory or a .gguf
@@ -358,8 +347,8 @@ def ingest(model: str, store_url: str | None, layers: str | None, stages: str, *
     """
     from ingest.pipeline import IngestConfig, Pipeline, parse_layers
 
-    cfg = IngestConfig(model=model, layers=parse_layers(layers),
-                       stages=[s.strip() for s in stages.split(",") if s.strip()], **options)
+    cfg = IngestConfig(model, name=name, layers=parse_layers(layers),
+                       stages=[s.strip() for s in stages.split(",")], **settings)
     url = _url(store_url)
     pipeline = Pipeline(cfg, _Bars()).prepare()  # validates everything before the store is touched
     with open_store(url, create=True) as store:

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 STORE_ENV = "NKB_STORE"
+ARTIFACT_ENV = "NKB_ARTIFACT_DIR"
 NEO4J_SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
 
 
@@ -60,3 +61,19 @@ def redact(url: str) -> str:
         return url
     netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def server_artifact_dir(url: str, database: str | None) -> Path:
+    """Where files beside a server's graph live (checkpoints, vector indexes): a local directory
+    per server and database, under $NKB_ARTIFACT_DIR, else ``artifact_dir`` in the config file,
+    else the user cache. The key is a hash of the URL without credentials, so no secret ends up
+    in a path."""
+    import hashlib
+
+    root = os.environ.get(ARTIFACT_ENV) or load_config().get("artifact_dir")
+    if not root:
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        root = Path(cache) / "neuron-kb" / "servers"
+    parts = urlsplit(redact(url))
+    where = f"{parts.scheme}://{parts.hostname}:{parts.port or ''}/{database or ''}"
+    return Path(str(root)).expanduser() / hashlib.blake2b(where.encode(), digest_size=8).hexdigest()

@@ -369,31 +369,16 @@ def with_nulls(text: str, nulls: frozenset[str]) -> str:
 
 # -- composite views built from several named queries --------------------------------------
 
+def store_stats(store: Store) -> pd.DataFrame:
+    """Nodes per label, relationships per type and neurons per model: (kind, name, count) rows."""
+    from kb import schema
+
+    kinds = {**{n.label: "node" for n in schema.NODES}, **{r.type: "relationship" for r in schema.RELS}}
+    rows = [(kinds.get(k, "node"), k, int(v)) for k, v in store.counts().items()]
+    models = run(store, "models")
+    rows += [("model", str(m), int(n)) for m, n in zip(models["model"], models["neurons"])]
+    return pd.DataFrame(rows, columns=["kind", "name", "count"])
+
+
 def model_ids(store: Store) -> list[str]:
     return [str(m) for m in run(store, "models")["model"]]
-
-
-def neuron_card(store: Store, neuron: str, *, tokens: int = 10, records: int = 5,
-                record_kind: str = "top") -> dict[str, pd.DataFrame]:
-    """Everything ``nkb show`` prints about one neuron, one frame per section.
-
-    Sections: ``neuron`` (one row of statistics), ``promotes``, ``suppresses``, ``reads``,
-    ``records`` (activation records of ``record_kind``), ``explanations`` (one row per
-    explanation and score). Raises NkbError when the store has no such neuron.
-    """
-    card = run(store, "neuron_card", {"neuron": neuron})
-    if card.empty:
-        model = neuron.rsplit("/", 2)[0]
-        models = model_ids(store)
-        hint = (f"model {model} has no such neuron; list its neurons with "
-                f"`nkb query --name neurons_filter --param model={model}`") if model in models else (
-            f"models in this store: {', '.join(models) or 'none'}")
-        raise NkbError(f"no neuron {neuron!r} in the store", hint)
-    return {
-        "neuron": card,
-        "promotes": run(store, "neuron_promotes", {"neuron": neuron, "limit": tokens}),
-        "suppresses": run(store, "neuron_suppresses", {"neuron": neuron, "limit": tokens}),
-        "reads": run(store, "neuron_reads", {"neuron": neuron, "limit": tokens}),
-        "records": run(store, "top_records", {"neuron": neuron, "kind": record_kind, "limit": records}),
-        "explanations": run(store, "neuron_explanations", {"neuron": neuron}),
-    }

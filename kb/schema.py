@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Property types, named as in LadybugDB; Neo4j stores the same Python values.
 STRING, INT64, DOUBLE, BOOL = "STRING", "INT64", "DOUBLE", "BOOLEAN"
@@ -93,6 +93,8 @@ NODES: tuple[NodeType, ...] = (
             _p("base_model", STRING, "for an SAE: the Model.id whose activations it encodes"),
             _p("fingerprint", STRING, "hash of the weights' identity; a different model under the same id is refused"),
             _p("config", STRING, "the model config as JSON"),
+            _p("window_prefix", INT64_LIST, "token ids put before every corpus window when activations were "
+               "recorded (the BOS or document separator); empty when none"),
         ),
         "A subject model, or an SAE dictionary trained on one.",
         id_format="<name>",
@@ -152,7 +154,7 @@ NODES: tuple[NodeType, ...] = (
     NodeType(
         "Explanation",
         (
-            _p("id", STRING, "<neuron id>/<explainer>/<method>"),
+            _p("id", STRING, "<neuron id>/<explainer>/<method>, '/' and '%' in explainer and method escaped"),
             _p("neuron", STRING, "Neuron.id"),
             _p("model", STRING, "Model.id"),
             _p("text", STRING),
@@ -161,7 +163,7 @@ NODES: tuple[NodeType, ...] = (
             _p("created_at", STRING, "ISO-8601 time"),
         ),
         "A natural-language explanation of one neuron.",
-        id_format="<neuron id>/<explainer>/<method>",
+        id_format="<neuron id>/<explainer>/<method> (kb.ids.ExplanationId; '/' and '%' in the parts as %2F, %25)",
         indexed=("neuron",),
         model_prop="model",
     ),
@@ -176,7 +178,7 @@ NODES: tuple[NodeType, ...] = (
             _p("split", STRING, "which records: top | random | all | holdout"),
         ),
         "One score of one explanation.",
-        id_format="<explanation id>/<method>/<scorer>/<split>",
+        id_format="<explanation id>/<method>/<scorer>/<split> (kb.ids.ScoreId, parts escaped likewise)",
         model_prop="model",
     ),
     NodeType(
@@ -306,6 +308,14 @@ def schema_markdown() -> str:
         props = ", ".join(f"`{p.name}` {p.type}" for p in r.props) or "—"
         key = ", ".join(f"`{k}`" for k in r.key) or "—"
         out.append(f"| `{r.type}` | {r.src} → {r.dst} | {key} | {props} | {_cell(r.doc)} |")
+    out += ["", "## Recomputing an activation record", "",
+            "An `ACTIVATES_ON` record can be reproduced from the KB alone. Run the model (`Model.source`)",
+            "on `Model.window_prefix + Snippet.token_ids` as one sequence, with no other special tokens",
+            "added, and read the input of layer `Neuron.layer`'s MLP output projection at neuron",
+            "`Neuron.idx`: the values at the snippet's positions (the prefix dropped) are the record's",
+            "`activations` (`kb.records.decode_activations`; float16, so equal to about 1e-3 relative),",
+            "`max` is their largest value and `position` the first position that holds it.",
+            "The neuron's statistics (`max_act`, `mean_act`, ...) are over the same positions of every window."]
     return "\n".join(out) + "\n"
 
 

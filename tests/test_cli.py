@@ -181,7 +181,7 @@ def test_show_json(kb_path):
     card = json.loads(invoke(kb_path, "show", "beta/1/2", "--format", "json", "--tokens", "2").output)
     assert card["neuron"]["neuron"] == "beta/1/2"
     assert len(card["promotes"]) == 2 and len(card["suppresses"]) == 2
-    assert set(card) == {"neuron", "promotes", "suppresses", "reads", "records", "explanations"}
+    assert set(card) == {"neuron", "promotes", "suppresses", "reads", "records", "record_kind", "explanations"}
 
 
 def test_mark_firing():

@@ -96,7 +96,7 @@ def test_models_with_one_tokenizer_share_its_tokens(ingested, tmp_path):
     "change, message",
     [
         (dict(layers=[7]), r"layer 7 is out of range: tiny has 2 layers \(0-1\)"),
-        (dict(stages=["n2g"]), r"unknown stage\(s\): n2g"),
+        (dict(stages=["nonsense"]), r"unknown stage\(s\): nonsense"),
         (dict(tokens=16), r"less than one window"),
     ],
 )

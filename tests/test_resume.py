@@ -38,7 +38,7 @@ def test_killed_ingest_resumes_to_the_same_kb(tmp_path, model_dir):
     assert clean.returncode == 0, err
 
     store = tmp_path / "killed"
-    checkpoint = store / "ingest" / "tiny" / "activations.pt"
+    checkpoint = store / "artifacts" / "tiny" / "activations.pt"
     proc = _ingest(model_dir, store)
     deadline = time.monotonic() + 300
     while not checkpoint.exists():

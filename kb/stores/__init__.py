@@ -23,4 +23,16 @@ def open_store(url: str | None = None, *, read_only: bool = False, create: bool 
     return EmbeddedStore(url, read_only=read_only, create=create)
 
 
-__all__ = ["Store", "open_store"]
+def init_store(url: str | None = None) -> bool:
+    """Make an empty knowledge base at ``url`` unless one is there; True when one was created."""
+    from kb.errors import StoreNotFound
+
+    try:
+        with open_store(url, read_only=True):
+            return False
+    except StoreNotFound:
+        with open_store(url, create=True):
+            return True
+
+
+__all__ = ["Store", "init_store", "open_store"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
@@ -210,6 +211,11 @@ class Store(ABC):
     @abstractmethod
     def counts(self) -> dict[str, int]:
         """Number of nodes per label and relationships per type (zero ones included)."""
+
+    @abstractmethod
+    def artifact_dir(self) -> Path:
+        """The local directory for files that belong to this knowledge base but not in its graph
+        (ingest checkpoints, vector indexes). It may not exist yet; callers create what they need."""
 
     @abstractmethod
     def get_meta(self, key: str) -> str | None: ...

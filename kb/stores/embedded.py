@@ -6,6 +6,7 @@ single file, so a store is a *directory* holding it, with room beside it for wha
 to the knowledge base but not in the graph (FAISS indexes, ingest checkpoints)::
 
     <store>/graph.lbug      the graph (LadybugDB keeps its log and lock files beside it)
+    <store>/artifacts/      files beside the graph: ingest checkpoints, vector indexes
 
 Writes take the bulk path. In each batch, rows whose key is new are ``COPY``-ed; rows whose
 key exists are compared with what is stored and only those that differ are ``SET``. A
@@ -512,6 +513,9 @@ class EmbeddedStore(Store):
         out = {nt.label: self._node_count(nt.label) for nt in schema.NODES}
         out.update({rt.type: self._rel_count(rt.type) for rt in schema.RELS})
         return out
+
+    def artifact_dir(self) -> Path:
+        return self.path / "artifacts"
 
     def get_meta(self, key: str) -> str | None:
         value = self._scalar(f"MATCH (m:{_q(schema.META.label)} {{key: $k}}) RETURN m.value", {"k": key})

@@ -28,6 +28,7 @@ import datetime as dt
 import logging
 import os
 import re
+from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -610,6 +611,9 @@ class Neo4jStore(Store):
             return out
 
         return self._read(work)
+
+    def artifact_dir(self) -> Path:
+        return config.server_artifact_dir(self.url, self.database)
 
     def get_meta(self, key: str) -> str | None:
         rows = self._read(lambda tx: tx.run(META_GET, key=key).data(), opening=True)

@@ -1,0 +1,129 @@
+"""The activations stage: one streaming forward pass over the corpus serves every layer
+(``ingest.activations``); per neuron it stores statistics on the Neuron and its top, random
+and quantile records as ACTIVATES_ON edges to shared Snippets.
+
+The pass checkpoints its streaming state in the store's artifact directory, so a killed run
+resumes where it stopped and computes exactly what an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ingest.stages.base import Context, Setting, Stage, StageReport, digest
+from kb.ids import neuron_ids
+from kb.records import encode_activations
+
+DEFAULT_TOKENS = 65_536
+
+
+class ActivationsStage(Stage):
+    name = "activations"
+    help = "top, random and quantile activation records and statistics, from one pass over the corpus"
+    needs = ("model",)
+    uses_corpus = True
+    settings = (
+        Setting("corpus", None, "Text to run: a .txt/.jsonl/.parquet file or directory, or hf:NAME[:CONFIG][:SPLIT]. "
+                "Default: Python's bundled documentation.", type=str),
+        Setting("tokens", DEFAULT_TOKENS, "Corpus token budget.", minimum=1),
+        Setting("window", 64, "Tokens per text window (snippet).", minimum=1),
+        Setting("top_k", 20, "Top-activating records per neuron.", minimum=1),
+        Setting("n_random", 10, "Random records per neuron.", minimum=0, option="--random"),
+        Setting("n_quantiles", 5, "Activation quantile bins to sample records from (0: none).", minimum=0,
+                option="--quantiles"),
+        Setting("per_quantile", 2, "Records per quantile bin.", minimum=1),
+        Setting("seed", 0, "Seed of the record sampling."),
+        Setting("batch_size", 16, "Windows per forward pass.", minimum=1, output=False),
+        Setting("checkpoint_every", 20, "Batches between checkpoints of the activation pass.", minimum=1,
+                output=False),
+    )
+
+    def output_settings(self, cfg) -> dict[str, Any]:
+        return {**super().output_settings(cfg), "dtype": cfg.settings["dtype"]}
+
+    def validate(self, cfg) -> None:
+        from kb.errors import IngestError
+
+        s = cfg.settings
+        if s["tokens"] is not None and s["tokens"] < s["window"]:
+            raise IngestError(f"--tokens {s['tokens']} is less than one window of {s['window']} tokens",
+                              "raise --tokens or lower --window")
+        record_config(cfg)  # RecordConfig's own checks (reservoir against per_quantile, ...)
+
+    def run(self, ctx: Context, layers: list[int]) -> StageReport:
+        import torch
+
+        from ingest.activations import run_activation_pass
+
+        cfg, report = ctx.cfg, StageReport(self.name)
+        settings = digest(self.output_settings(cfg))
+        rundir = ctx.artifact_dir()
+        rundir.mkdir(parents=True, exist_ok=True)
+        ckpt, sidecar = rundir / "activations.pt", rundir / "activations.json"
+        # A checkpoint from an earlier, killed run of the same settings covering these layers
+        # is resumed with the layers it was started with; anything else starts afresh.
+        pass_layers = layers
+        if sidecar.exists():
+            prior = json.loads(sidecar.read_text())
+            if prior["settings"] == settings and set(layers) <= set(prior["layers"]):
+                pass_layers = prior["layers"]
+            else:
+                ckpt.unlink(missing_ok=True)
+        sidecar.write_text(json.dumps({"settings": settings, "layers": pass_layers}))
+        w, s = ctx.windows, cfg.settings
+        ctx.reporter.begin(self.name, int(w.token_ids.size), "tok")
+        collector = run_activation_pass(
+            ctx.lm.adapter, w.token_ids, w.bos_id, pass_layers, record_config(cfg),
+            batch_size=s["batch_size"], device=str(ctx.lm.device), dtype=getattr(torch, s["dtype"]),
+            checkpoint_path=ckpt, checkpoint_every=s["checkpoint_every"], progress=ctx.reporter.advance,
+        )
+        ctx.reporter.end()
+        ctx.reporter.begin("write records", len(layers), "layer")
+        written: set[int] = set()
+        for layer in layers:
+            report.rows += write_layer_records(ctx, layer, collector.layer_results(layer), written)
+            ctx.mark_done(self, layer)
+            report.layers_done.append(layer)
+            ctx.reporter.advance(1)
+        ctx.reporter.end()
+        ckpt.unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+        return report
+
+
+def record_config(cfg):
+    from ingest.activations import RecordConfig
+
+    s = cfg.settings
+    return RecordConfig(top_k=s["top_k"], n_random=s["n_random"], n_quantiles=s["n_quantiles"],
+                        per_quantile=s["per_quantile"], seed=s["seed"])
+
+
+def write_layer_records(ctx: Context, layer: int, res: Any, written: set[int]) -> int:
+    """Write one layer's statistics and records; snippets are written once, by the first
+    layer whose records use them (``written`` tracks which windows are stored)."""
+    stats = res.stats.assign(id=neuron_ids(ctx.model_id, layer, res.stats["index"])).drop(columns=["index"])
+    rows = ctx.store.upsert_nodes("Neuron", stats)
+    records = res.records
+    new = sorted(set(records["window"].unique().tolist()) - written)
+    if new:
+        w = ctx.windows
+        token_ids = w.token_ids[new]
+        texts = np.asarray(ctx.token_text, dtype=object)
+        rows += ctx.store.upsert_nodes("Snippet", pd.DataFrame({
+            "id": [ctx.snippet_ids[i] for i in new], "tokenizer": ctx.lm.tokenizer_id, "corpus": w.corpus,
+            "token_ids": list(token_ids),
+            "tokens": [texts[row].tolist() for row in token_ids],
+            "text": ctx.lm.tokenizer.batch_decode(token_ids.tolist()),
+        }))
+        written.update(new)
+    edges = records.assign(src=neuron_ids(ctx.model_id, layer, records["index"]),
+                           dst=[ctx.snippet_ids[i] for i in records["window"]],
+                           activations=encode_activations(np.stack(records["activations"].to_numpy())))
+    rows += ctx.store.upsert_rels(
+        "ACTIVATES_ON", edges[["src", "dst", "kind", "rank", "max", "position", "activations"]])
+    return rows
