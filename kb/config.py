@@ -77,3 +77,15 @@ def server_artifact_dir(url: str, database: str | None) -> Path:
     parts = urlsplit(redact(url))
     where = f"{parts.scheme}://{parts.hostname}:{parts.port or ''}/{database or ''}"
     return Path(str(root)).expanduser() / hashlib.blake2b(where.encode(), digest_size=8).hexdigest()
+
+
+BUFFER_POOL_ENV = "NKB_BUFFER_POOL_MB"
+DEFAULT_BUFFER_POOL_MB = 1024
+
+
+def buffer_pool_bytes() -> int:
+    """The embedded engine's buffer pool: $NKB_BUFFER_POOL_MB, else ``buffer_pool_mb`` in the
+    config file, else 1 GiB. Set explicitly because LadybugDB's own default claims most of the
+    machine's memory, which a process holding model weights and activation state cannot spare."""
+    value = os.environ.get(BUFFER_POOL_ENV) or load_config().get("buffer_pool_mb") or DEFAULT_BUFFER_POOL_MB
+    return int(value) * 1024 * 1024
