@@ -7,7 +7,7 @@ float32. It
 - runs each distinct sequence once, and a sequence that is a prefix of another not at all:
   the model is causal, so the longer sequence's first positions are the shorter one's
   activations (truncations of one context, maskings past the firing token, ... collapse);
-- batches sequences of similar length together, right-padded: with causal attention a
+- batches sequences of similar length together (padding under a quarter of a row), right-padded: with causal attention a
   position never sees the padding after it, so no attention mask is needed;
 - puts ``prefix`` (``Model.window_prefix``: the BOS the activation pass put before every
   window) before each sequence and drops its positions from the result, exactly as the
@@ -34,7 +34,8 @@ class LayerRunner:
         self.prefix = tuple(int(t) for t in prefix)
         self.batch_tokens, self.pad_token = batch_tokens, pad_token
         self.device = next(adapter.model.parameters()).device
-        self.tokens_run = 0  # tokens forwarded (prefix and padding included): the work done
+        self.tokens_run = 0  # tokens of the sequences forwarded (prefix included, padding not)
+        self.tokens_padded = 0  # tokens forwarded, padding included: the work done
         self.forwards = 0
 
     def run(self, seqs: Iterable[Sequence[int]]) -> dict[tuple[int, ...], np.ndarray]:
@@ -54,9 +55,11 @@ class LayerRunner:
         while start < len(longest):
             # Sequences sorted by length: a batch of similar lengths wastes little on padding.
             end, width = start, 0
+            first = len(longest[start]) + len(self.prefix)
             while end < len(longest):
                 w = len(longest[end]) + len(self.prefix)
-                if end > start and w * (end - start + 1) > self.batch_tokens:
+                # A batch ends at the token budget, or where padding would exceed a quarter of a row.
+                if end > start and (w * (end - start + 1) > self.batch_tokens or w > first * 1.25 + 2):
                     break
                 width = w
                 end += 1
@@ -85,6 +88,7 @@ class LayerRunner:
             pass
         finally:
             handle.remove()
-        self.tokens_run += ids.numel()
+        self.tokens_run += sum(len(self.prefix) + len(s) for s in batch)
+        self.tokens_padded += ids.numel()
         self.forwards += 1
         return captured[0].numpy()
