@@ -125,14 +125,20 @@ def render(graph: Graph, out: str | os.PathLike) -> Path:
     dot = shutil.which("dot")
     if dot is None:
         raise NkbError("rendering needs Graphviz's dot, which is not installed", "apt-get install graphviz")
-    fd, tmp = tempfile.mkstemp(prefix=".n2g-", suffix=f".{fmt}", dir=parent)
+    try:  # write access can be granted and still fail (read-only file systems, /proc, root squash)
+        fd, tmp = tempfile.mkstemp(prefix=".n2g-", suffix=f".{fmt}", dir=parent)
+    except OSError as e:
+        raise NkbError(f"cannot write {out}: {e.strerror}") from None
     os.close(fd)
     try:
         done = subprocess.run([dot, f"-T{fmt}", "-o", tmp], input=dot_source(graph), text=True,
                               capture_output=True, timeout=120)
         if done.returncode != 0:
             raise NkbError(f"dot failed: {(done.stderr.strip().splitlines() or ['no message'])[0]}")
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError as e:
+            raise NkbError(f"cannot write {out}: {e.strerror}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

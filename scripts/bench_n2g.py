@@ -68,9 +68,13 @@ def main() -> None:
     ap.add_argument("--quality-layers", default="0,4,8,12,16,20,24,29")
     ap.add_argument("--quality-neurons", type=int, default=48)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's); 1 is faster when other processes load the cores")
     ap.add_argument("--out", default="bench-results/n2g.json")
     args = ap.parse_args()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     full = parse_layers(args.full_layers) or []
     quality = parse_layers(args.quality_layers) or list(range(30))
@@ -104,7 +108,8 @@ def main() -> None:
             dt = time.perf_counter() - t0
             speed.append({"layer": layer, "neurons": len(graphs.tries), "train_records": len(data.train),
                           "seconds": round(dt, 1), "neurons_per_s": round(len(graphs.tries) / dt, 2),
-                          "tokens_forwarded": r.tokens_run, "forwards": r.forwards,
+                          "tokens_forwarded": r.tokens_run, "tokens_with_padding": r.tokens_padded,
+                          "forwards": r.forwards,
                           "mean_f1": _mean(s.f1 for s in graphs.scores.values())})
             log(f"layer {layer}: {speed[-1]}")
         result["full_layers"] = speed
