@@ -156,3 +156,30 @@ def test_bad_input(kb, tmp_path, args, expected):
     line = error_line(invoke(kb, *[a.replace("{tmp}", str(tmp_path)) for a in args]))
     assert line.startswith(expected), line
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_bundled_smollm2_n2g_end_to_end(tmp_path):
+    """A few neurons of SmolLM2's layer 0: graphs stored, found by token search, rendered, and
+    each neuron's graph fires where its own top training record fires."""
+    import xml.etree.ElementTree as ET
+
+    url = str(tmp_path / "kb")
+    with open_store(url, create=True) as store:
+        ingest(store, IngestConfig(model="smollm2-135m", layers=[0], stages=["activations", "n2g"], tokens=2048,
+                                   top_k=4, n_random=2, n_quantiles=0, n2g_neurons=4, n2g_similar=2))
+        roots = store.cypher("MATCH (n:Neuron)-[:N2G_ROOT]->(x:N2GNode) RETURN n.id AS neuron, x.token AS token")
+        assert set(roots["neuron"]) == {f"smollm2-135m/0/{i}" for i in range(4)}
+        for i in range(4):
+            nid = f"smollm2-135m/0/{i}"
+            rec = store.cypher("MATCH (n:Neuron {id: $id})-[a:ACTIVATES_ON]->(s:Snippet) WHERE a.kind = 'top' "
+                               "AND a.rank = 0 RETURN s.token_ids AS tokens, a.position AS p", {"id": nid})
+            predicted = load_graph(store, nid).trie().predict(list(rec["tokens"].iloc[0]))
+            assert predicted[int(rec["p"].iloc[0])] >= 0.5, nid
+    token = roots["token"].iloc[0]
+    found = json.loads(invoke(url, "search", "--fires-on", token, "--model", "smollm2-135m", "--format", "json").output)
+    assert roots[roots["token"] == token]["neuron"].iloc[0] in {r["neuron"] for r in found}
+    out = tmp_path / "g.svg"
+    assert invoke(url, "render", roots["neuron"].iloc[0], "--out", str(out)).exit_code == 0
+    assert ET.parse(out).getroot().tag == "{http://www.w3.org/2000/svg}svg"
+    assert "N2G graph (" in invoke(url, "show", roots["neuron"].iloc[0]).output
