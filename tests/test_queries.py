@@ -16,7 +16,7 @@ from kb import output, queries
 from kb.errors import ParameterError, UnknownQuery
 from kb.queries import REQUIRED, NamedQuery
 from kb.stores import open_store
-from kb.stores.base import write_clause
+from kb.cypher import write_clause
 from kbdata import build_small_kb, make_small_kb
 
 KB = make_small_kb()
