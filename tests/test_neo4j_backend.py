@@ -297,6 +297,25 @@ def test_neo4j_refuses_writes_in_read_transactions():
         assert s.counts()["Model"] == 0
 
 
+def test_query_timeout_is_the_transaction_timeout(fstore, bolt_server):
+    """The timeout travels as the driver's transaction timeout, which Neo4j enforces (the
+    FalkorDB test server does not, so here the relay shows what reached the server)."""
+    shim = bolt_server._shim
+    shim.tx_timeouts.clear()
+    fstore.cypher("RETURN 1 AS x", timeout=2.5)
+    fstore.cypher("RETURN 1 AS x")
+    assert shim.tx_timeouts == [2500]
+
+
+def test_query_timeout_on_neo4j():
+    uri = neo4j_uri()
+    from kb.errors import QueryTimeout
+
+    with pytest.raises(QueryTimeout, match="timeout and was cancelled"):
+        with open_store(uri, create=True) as s:
+            s.cypher("UNWIND range(1, 100000000) AS a WITH a WHERE a % 7 = 3 RETURN sum(a) AS s", timeout=0.5)
+
+
 def test_query_errors_are_one_line(fstore):
     with pytest.raises(QueryError) as err:
         fstore.cypher("MATCH (n:Neuron RETURN n")
