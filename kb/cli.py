@@ -17,6 +17,7 @@ import pandas as pd
 
 from kb import __version__, config, output, queries
 from kb.card import Card, neuron_card
+from kb.cypher import DEFAULT_TIMEOUT_S
 from kb.errors import NkbError
 from kb.ids import NeuronId
 from kb.records import decode_activations
@@ -106,9 +107,11 @@ def init(store_url: str | None) -> None:
                    "parameter's type; for Cypher text a value is read as JSON when it parses "
                    "(42, 1.5, true, null, \"text\", [1, 2]), else as text.")
 @click.option("--write", is_flag=True, help="Allow the Cypher text to change the store (read-only without it).")
+@click.option("--timeout", type=click.FloatRange(min=0, max=10**8), default=DEFAULT_TIMEOUT_S, show_default=True,
+              metavar="SECONDS", help="Cancel the query after this many seconds (0: no limit).")
 @store_option
 @format_option()
-def query(cypher: str | None, name: str | None, param_values: tuple[str, ...], write: bool,
+def query(cypher: str | None, name: str | None, param_values: tuple[str, ...], write: bool, timeout: float,
           store_url: str | None, fmt: str) -> None:
     """Run Cypher text, or a named query, and print the rows.
 
@@ -124,11 +127,11 @@ def query(cypher: str | None, name: str | None, param_values: tuple[str, ...], w
     params = _parse_params(param_values)
     if name:
         with open_store(_url(store_url), read_only=True) as store:
-            df = queries.run(store, name, params)
+            df = queries.run(store, name, params, timeout=timeout)
     else:
         typed = {k: queries.parse_value(v) for k, v in params.items()}
         with open_store(_url(store_url), read_only=not write) as store:
-            df = store.cypher(cypher, typed, write=write)
+            df = store.cypher(cypher, typed, write=write, timeout=timeout)
     _echo_rows(df, fmt)
 
 
