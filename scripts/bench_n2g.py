@@ -130,12 +130,20 @@ def main() -> None:
             t0 = time.perf_counter()
             batched = fit_layer(r2, data, n2g, neighbours)
             t_batched = time.perf_counter() - t0
-            same = all(one.tries[k].patterns() == batched.tries[k].patterns() for k in batched.tries)
+            # Other batch shapes round differently in the last bits: same patterns, activations within 1e-4.
+            same = all([p for p, _ in one.tries[k].patterns()] == [p for p, _ in batched.tries[k].patterns()]
+                       and all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for (_, a), (_, b)
+                               in zip(one.tries[k].patterns(), batched.tries[k].patterns()))
+                       for k in batched.tries)
             result["per_neuron_comparison"] = {
                 "layer": layer, "neurons": len(batched.tries), "per_neuron_seconds": round(t_one, 2),
                 "batched_seconds": round(t_batched, 2), "speedup": round(t_one / t_batched, 2),
                 "per_neuron_tokens_forwarded": r1.tokens_run, "batched_tokens_forwarded": r2.tokens_run,
-                "identical_graphs": same}
+                "same_graphs": same,
+                "full_layer_per_neuron_estimate": "EXTRAPOLATED: per-neuron seconds / neurons x the full layer's "
+                                                  "neurons, against the measured full-layer batched time",
+                **({"full_layer_speedup_estimate": round(t_one / len(batched.tries) * speed[0]["neurons"]
+                                                         / speed[0]["seconds"], 2)} if speed else {})}
             log(f"per-neuron comparison: {result['per_neuron_comparison']}")
 
         rows = []
