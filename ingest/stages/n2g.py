@@ -10,9 +10,9 @@ as negatives, builds the tries with shared forward passes, and writes:
   (explicit context tokens, with their largest importance) to the shared ``Token``s;
 - ``Neuron.n2g_precision/recall/f1`` of firing on the test records.
 
-Neurons that never fire (largest activation <= 0) get no graph and no scores. After the
-layers, ``SIMILAR_TO {method: 'n2g'}`` edges are recomputed for every neuron of the model that
-has a graph: Jaccard similarity of their sets of firing and context tokens, found through an
+Neurons that never fire (largest activation <= 0) get no graph and no scores. After each
+layer (before its done marker), ``SIMILAR_TO {method: 'n2g'}`` edges are recomputed for every
+neuron of the model that has a graph: Jaccard similarity of their sets of firing and context tokens, found through an
 inverted index from tokens to neurons (a sparse product), the ``n2g_similar`` best per neuron.
 """
 
@@ -73,10 +73,11 @@ class N2GStage(Stage):
             graphs = fit_layer(runner, data, cfg, neighbours, progress=ctx.reporter.advance)
             ctx.reporter.end()
             report.rows += write_layer(ctx, layer, graphs)
+            # Before the done marker: a run killed in between redoes the layer and its similarities.
+            if ctx.cfg.settings["n2g_similar"]:
+                report.rows += write_similar(ctx.store, ctx.model_id, ctx.cfg.settings["n2g_similar"])
             ctx.mark_done(self, layer)
             report.layers_done.append(layer)
-        if ctx.cfg.settings["n2g_similar"]:
-            report.rows += write_similar(ctx.store, ctx.model_id, ctx.cfg.settings["n2g_similar"])
         return report
 
 
