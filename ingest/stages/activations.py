@@ -38,8 +38,8 @@ class ActivationsStage(Stage):
         Setting("per_quantile", 2, "Records per quantile bin.", minimum=1),
         Setting("seed", 0, "Seed of the record sampling."),
         Setting("batch_size", 16, "Windows per forward pass.", minimum=1, output=False),
-        Setting("checkpoint_every", 20, "Batches between checkpoints of the activation pass.", minimum=1,
-                output=False),
+        Setting("checkpoint_seconds", 60.0, "Seconds between checkpoints of the activation pass.", type=float,
+                minimum=0, output=False),
     )
 
     def output_settings(self, cfg) -> dict[str, Any]:
@@ -79,7 +79,7 @@ class ActivationsStage(Stage):
         collector = run_activation_pass(
             ctx.lm.adapter, w.token_ids, w.bos_id, pass_layers, record_config(cfg),
             batch_size=s["batch_size"], device=str(ctx.lm.device), dtype=getattr(torch, s["dtype"]),
-            checkpoint_path=ckpt, checkpoint_every=s["checkpoint_every"], progress=ctx.reporter.advance,
+            checkpoint_path=ckpt, checkpoint_seconds=s["checkpoint_seconds"], progress=ctx.reporter.advance,
         )
         ctx.reporter.end()
         ctx.reporter.begin("write records", len(layers), "layer")
