@@ -98,10 +98,10 @@ def plan_windows(seed: int, stream: str, layer: int, d_mlp: int, n_windows: int,
     return out
 
 
-def plan_scratch_bytes(d_mlp: int, k: int) -> int:
+def plan_scratch_bytes(d_mlp: int, k: int, n_windows: int) -> int:
     """Peak scratch of ``plan_windows`` at its default chunk: a chunk's keys, then keys and
     windows concatenated with the best so far, and the top-k's outputs; int64 each."""
-    chunk = max(64, PLAN_KEYS_PER_CHUNK // d_mlp)
+    chunk = min(n_windows, max(64, PLAN_KEYS_PER_CHUNK // d_mlp))
     return 8 * d_mlp * (3 * chunk + 4 * k)
 
 
