@@ -223,7 +223,7 @@ def mark_firing(tokens: list[str], activations: str | None, color: bool) -> str:
     return "".join(out).replace("\n", "\\n")
 
 
-def card_text(card: Card, *, color: bool = False) -> str:
+def card_text(card: Card, *, color: bool = False, n2g_limit: int = 15) -> str:
     """The card as terminal text (bold title and highlighted firing tokens when ``color``)."""
     n = card.neuron
     title = f"{n['neuron']}  ({n.get('kind') or ''} neuron {n['idx']} of layer {n['layer']} in {n['model']})".replace("( ", "(")
@@ -249,6 +249,16 @@ def card_text(card: Card, *, color: bool = False) -> str:
     for r in card.records:
         lines.append(f"  {r['rank']:>3}  max {_fmt(r['max_act']):>7}  {mark_firing(r['tokens'], r['activations'], color)}")
     lines.append("")
+    lines.append(f"N2G graph ({len(card.n2g)} patterns; context, then the [firing token]; * is any token):")
+    if not card.n2g:
+        lines.append("  -")
+    for p in card.n2g[:n2g_limit]:
+        shown = ["*" if t == "*" else json.dumps(t, ensure_ascii=False) for t in p["tokens"]]
+        shown[-1] = f"[{shown[-1]}]"
+        lines.append(f"  {_fmt(p['activation'], '.2f'):>5}  {' '.join(shown)}")
+    if len(card.n2g) > n2g_limit:
+        lines.append(f"  ... {len(card.n2g) - n2g_limit} more")
+    lines.append("")
     lines.append("Explanations:")
     if not card.explanations:
         lines.append("  -")
@@ -260,6 +270,70 @@ def card_text(card: Card, *, color: bool = False) -> str:
         if scores:
             lines.append(f"      {'   '.join(scores)}")
     return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--fires-on", "token", required=True, metavar="TOKEN",
+              help='The token the neuron fires on, exactly as decoded, leading space included (" all").')
+@click.option("--after", metavar="TOKEN", help="Only where the token right before it in the N2G graph is TOKEN.")
+@click.option("--model", help="Only this model's neurons.")
+@click.option("--layers", metavar="LIST", help="Only these layers, e.g. 0-5,12.")
+@click.option("--limit", default=20, show_default=True, help="Rows to print.")
+@store_option
+@format_option()
+def search(token: str, after: str | None, model: str | None, layers: str | None, limit: int,
+           store_url: str | None, fmt: str) -> None:
+    """Neurons whose Neuron-to-Graph graph fires on a token, optionally right after another.
+
+    \b
+    Example:
+      nkb search --fires-on " all" --after " not" --layers 0-9
+    """
+    from ingest.pipeline import parse_layers  # light: no model stack
+    from kb import n2g
+
+    layer_list = parse_layers(layers)
+    with open_store(_url(store_url), read_only=True) as store:
+        df = n2g.search(store, token, after=after, model=model, layers=layer_list, limit=limit)
+    _echo_rows(df, fmt)
+
+
+@cli.command()
+@click.argument("neuron", metavar="MODEL/LAYER/INDEX")
+@click.argument("text")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@store_option
+@format_option()
+def predict(neuron: str, text: str, device: str, store_url: str | None, fmt: str) -> None:
+    """A neuron's N2G prediction on TEXT next to its real activation, token by token.
+
+    Both are normalised by the neuron's largest activation on the corpus; a token fires at
+    0.5. The real activation comes from running the model (it loads, which takes a while).
+    """
+    try:
+        from ingest.n2g.prediction import predict_text
+    except ImportError as e:
+        raise NkbError(f"predicting needs the model stack, which is not installed ({e.name} is missing)",
+                       "pip install 'neuron-kb[ingest]'") from None
+    nid = str(NeuronId.parse(neuron))
+    with open_store(_url(store_url), read_only=True) as store:
+        df = predict_text(store, nid, text, device=device)
+    _echo_rows(df, fmt)
+
+
+@cli.command()
+@click.argument("neuron", metavar="MODEL/LAYER/INDEX")
+@click.option("--out", "out", required=True, metavar="FILE.svg|FILE.png", help="Where to write the picture.")
+@store_option
+def render(neuron: str, out: str, store_url: str | None) -> None:
+    """Draw a neuron's N2G graph (needs Graphviz's dot): firing tokens on the right, coloured
+    by activation, the context walking back to the left, coloured by importance; * is any token."""
+    from kb import n2g
+
+    nid = str(NeuronId.parse(neuron))
+    with open_store(_url(store_url), read_only=True) as store:
+        graph = n2g.load_graph(store, nid)
+    click.echo(f"Wrote {n2g.render(graph, out)}")
 
 
 @cli.command(name="delete-model")

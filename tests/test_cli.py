@@ -166,11 +166,12 @@ def test_show(kb_path):
     text = result.output
     n = KB.neuron("alpha/0/0")
     assert text.splitlines()[0].startswith("alpha/0/0")
-    for section in ("Promotes:", "Suppresses:", "Reads (gate):", "Reads (up):", "Activation records (top):", "Explanations:"):
+    for section in ("Promotes:", "Suppresses:", "Reads (gate):", "Reads (up):", "Activation records (top):", "N2G graph",
+                    "Explanations:"):
         assert section in text
     assert json.dumps(n["explanation"]) in text
     # Every record marks at least its maximum token, and nothing is marked by ANSI off a TTY.
-    records = [line for line in text.split("Activation records (top):")[1].split("Explanations:")[0].splitlines() if line.strip()]
+    records = [line for line in text.split("Activation records (top):")[1].split("N2G graph")[0].splitlines() if line.strip()]
     assert len(records) == 4 and all("[[" in r and "]]" in r for r in records)
     assert "\x1b[" not in text
     for e in KB.nodes["Explanation"][lambda d: d["neuron"] == "alpha/0/0"].itertuples():
@@ -181,7 +182,74 @@ def test_show_json(kb_path):
     card = json.loads(invoke(kb_path, "show", "beta/1/2", "--format", "json", "--tokens", "2").output)
     assert card["neuron"]["neuron"] == "beta/1/2"
     assert len(card["promotes"]) == 2 and len(card["suppresses"]) == 2
-    assert set(card) == {"neuron", "promotes", "suppresses", "reads", "records", "record_kind", "explanations"}
+    assert set(card) == {"neuron", "promotes", "suppresses", "reads", "records", "record_kind", "explanations", "n2g"}
+
+
+def _kb_patterns(neuron: str) -> list[tuple[list[str], float]]:
+    """The small KB's N2G patterns of one neuron, in reading order, worked out from its node rows."""
+    nodes = KB.nodes["N2GNode"][lambda d: d["neuron"] == neuron]
+    text = {r.id: r.token for r in nodes.itertuples()}
+    out = []
+    for r in nodes[nodes["is_end"]].itertuples():
+        head, path = r.id.rsplit("/", 1)
+        ids = path.split(".")
+        out.append(([text[f"{head}/{'.'.join(ids[:k])}"] for k in range(len(ids), 0, -1)], r.activation))
+    return sorted(out, key=lambda p: (-p[1], p[0]))
+
+
+def test_show_includes_the_n2g_graph(kb_path):
+    text = invoke(kb_path, "show", "alpha/0/0").output
+    graph = text.split("N2G graph (")[1].split("Explanations:")[0].splitlines()[1:]
+    want = _kb_patterns("alpha/0/0")
+    assert want and [line.strip() for line in graph if line.strip()] == [
+        f"{act:.2f}  {' '.join(json.dumps(t) for t in tokens[:-1])} [{json.dumps(tokens[-1])}]".replace("  [", "  [")
+        for tokens, act in want]
+    card = json.loads(invoke(kb_path, "show", "alpha/0/0", "--format", "json").output)
+    assert [(p["tokens"], p["activation"]) for p in card["n2g"]] == [(t, a) for t, a in want]
+    assert "N2G graph (0 patterns" in invoke(kb_path, "show", "alpha/0/1").output
+
+
+def test_search_fires_on_after(kb_path):
+    rows = json.loads(invoke(kb_path, "search", "--fires-on", " dog", "--after", " hot", "--format", "json").output)
+    fires = KB.rels["FIRES_ON"].merge(KB.nodes["Token"], left_on="dst", right_on="id")
+    dog = set(fires[fires["text"] == " dog"]["src"])
+    # kbdata: neurons 0, 8, 16... of each model fire on " dog" after " hot", the other dog neurons after " the"
+    assert rows and {r["neuron"] for r in rows} < dog and all(r["context_matches"] == 1 for r in rows)
+    the = json.loads(invoke(kb_path, "search", "--fires-on", " dog", "--after", " the", "--format", "json").output)
+    assert {r["neuron"] for r in rows} | {r["neuron"] for r in the} == dog
+    layered = json.loads(invoke(kb_path, "search", "--fires-on", " dog", "--layers", "0,2-3", "--format", "json").output)
+    assert {r["neuron"] for r in layered} == {n for n in dog if KB.neuron(n)["layer"] in (0, 2, 3)}
+
+
+def test_render_svg(kb_path, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    out = tmp_path / "g.svg"
+    result = invoke(kb_path, "render", "alpha/0/0", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    svg = ET.parse(out).getroot()
+    texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    for tokens, _ in _kb_patterns("alpha/0/0"):
+        for t in tokens:
+            assert json.dumps(t)[1:-1] in texts
+
+
+@pytest.mark.parametrize("out,expected", [
+    ("missing-dir/g.svg", "is not a writable directory"),
+    ("g.txt", "must end in .svg or .png"),
+])
+def test_render_refuses_bad_output_paths(kb_path, tmp_path, out, expected):
+    line = one_error_line(invoke(kb_path, "render", "alpha/0/0", "--out", str(tmp_path / out)))
+    assert expected in line
+    assert not (tmp_path / out).exists() and not (tmp_path / "missing-dir").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".n2g-")]
+
+
+def test_render_and_predict_refuse_a_neuron_without_a_graph(kb_path, tmp_path):
+    assert "has no N2G graph yet" in one_error_line(invoke(kb_path, "render", "alpha/0/1", "--out", str(tmp_path / "g.svg")))
+    assert one_error_line(invoke(kb_path, "render", "alpha/9/9", "--out", str(tmp_path / "g.svg"))).startswith(
+        "Error: no neuron 'alpha/9/9' in the store")
+    assert not (tmp_path / "g.svg").exists()
 
 
 def test_mark_firing():
