@@ -70,7 +70,7 @@ def _check_table(path: Path, table: dict, keys: dict[str, tuple[type, str]], pre
     for key, value in table.items():
         name = prefix + key
         if key not in keys:
-            raise ConfigError(f"config file {path}: unknown key {shorten(name, 60)!r}", _valid_keys())
+            raise ConfigError(f"config file {path}: unknown key '{shorten(name, 60)}'", _valid_keys())
         kind, what = keys[key]
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigError(f"config file {path}: {name} must be {what}, not a TOML {_toml_type(value)}",
@@ -252,7 +252,7 @@ def buffer_pool_bytes() -> int:
         except ValueError:
             value = 0
         if value < 1:
-            raise ConfigError(f"${BUFFER_POOL_ENV} must be a positive number of MiB, not {shorten(raw, 60)!r}",
+            raise ConfigError(f"${BUFFER_POOL_ENV} must be a positive number of MiB, not '{shorten(raw, 60)}'",
                               f"unset it for the default of {DEFAULT_BUFFER_POOL_MB} MiB")
         return value * 1024 * 1024
     return int(load_config().get("buffer_pool_mb") or DEFAULT_BUFFER_POOL_MB) * 1024 * 1024
