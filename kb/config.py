@@ -90,8 +90,10 @@ def load_config() -> dict:
     """
     path = config_path()
     try:
-        if not path.is_file():
+        if not path.exists():
             return {}
+        if not path.is_file():
+            raise ConfigError(f"config file {path} is not a file", "replace it with a TOML file, or remove it")
         with path.open("rb") as f:
             data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
@@ -138,8 +140,8 @@ def check_location(url: str, what: str = "store location") -> str:
     if len(url) > MAX_LOCATION:
         raise ConfigError(f"{what} is {len(url):,} characters long: {shorten(redact(url)[:60], 60)}…",
                           f"a store path or URL has at most {MAX_LOCATION} characters")
-    if any(c in url for c in "\x00\n\r"):
-        raise ConfigError(f"{what} holds a NUL or line-break character: {shorten(redact(url))}", _LOCATION_HINT)
+    if not url.isprintable():
+        raise ConfigError(f"{what} holds a control character: {shorten(redact(url))}", _LOCATION_HINT)
     m = _SCHEME.match(url)
     if m is None:
         return url
@@ -154,6 +156,12 @@ def check_location(url: str, what: str = "store location") -> str:
         raise ConfigError(f"{what} {shorten(redact(url))} is not a valid URL: {e}", _LOCATION_HINT) from None
     if not parts.hostname:
         raise ConfigError(f"{what} {shorten(redact(url))} names no host", _LOCATION_HINT)
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError as e:  # a label over 63 characters, an empty label...
+        raise ConfigError(f"{what} {shorten(redact(url))} has an invalid host name: {e}", _LOCATION_HINT) from None
+    if parts.fragment or url.endswith("#"):
+        raise ConfigError(f"{what} {shorten(redact(url))}: a server URL takes no #fragment", _LOCATION_HINT)
     if parts.query and scheme.startswith("bolt"):
         # The driver refuses these too, but its message repeats the whole URL.
         raise ConfigError(f"{what} {shorten(redact(url))}: bolt:// URLs take no query string",
@@ -192,6 +200,7 @@ def neo4j_credentials(url: str) -> tuple[str, str]:
 # when a URL is odd, never less.
 _USERINFO = re.compile(r"(//[^/?#@:\s]*:)\S*@")
 _QUERY_VALUE = re.compile(r"([?&#;][^=&#;]*=)[^&#;]*")
+_BARE_VALUE = re.compile(r"(?<=[?&#;])([^=&#;]+)(?=[&#;]|$)")  # ?secret with no key
 
 
 def redact(url: str) -> str:
@@ -200,14 +209,21 @@ def redact(url: str) -> str:
     if "://" not in url:
         return url  # a file system path: nothing secret in it
     url = _USERINFO.sub(r"\1***@", url)
-    return _QUERY_VALUE.sub(r"\1***", url)
+    m = re.search(r"[?#]", url)
+    if m is None:
+        return url
+    head, tail = url[: m.start()], _QUERY_VALUE.sub(r"\1***", url[m.start():])
+    return head + _BARE_VALUE.sub("***", tail)
 
 
 def secrets_of(url: str) -> list[str]:
     """The pieces of ``url`` that ``redact`` hides (for scrubbing driver messages that echo it)."""
     found = [m.group(0)[len(m.group(1)):-1] for m in _USERINFO.finditer(url)]
-    found += [m.group(0)[len(m.group(1)):] for m in _QUERY_VALUE.finditer(url)] if "://" in url else []
-    return [s for s in found if s]
+    rest = re.split(r"(?=[?#])", url, maxsplit=1)
+    if "://" in url and len(rest) == 2:
+        found += [m.group(0)[len(m.group(1)):] for m in _QUERY_VALUE.finditer(rest[1])]
+        found += [m.group(0) for m in _BARE_VALUE.finditer(rest[1])]
+    return [s for s in found if s and s != "***"]
 
 
 def scrub(text: str, url: str, *secrets: str) -> str:
