@@ -63,3 +63,7 @@ class IngestError(NkbError):
 
 class ConfigError(NkbError):
     """A setting (config file, environment variable, store location) cannot be used."""
+
+
+class QueryTimeout(QueryError):
+    """A query ran longer than its timeout and was cancelled."""

@@ -476,8 +476,8 @@ def test_non_finite_parameters_print_as_json(box, value, expected):
 
 
 @pytest.mark.parametrize("value, message", [
-    ('[1,"a",null]', "parameter $x mixes a number and text in one list"),
-    ("[true, 1]", "mixes a boolean and a number"),
+    ('[1,"a",null]', "parameter $x is a list that mixes numbers and text"),
+    ("[true, 1]", "mixes booleans and numbers"),
     ('[{"a":1},{"b":2}]', "mixes a map with keys a and a map with keys b"),
     ('{"k": [[1], ["a"]]}', "mixes a number and text"),
 ])

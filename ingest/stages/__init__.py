@@ -86,7 +86,8 @@ def default_stages() -> list[str]:
 
 def resolve(names: list[str]) -> list[Stage]:
     """The named stages ('all' for every default one), in dependency order; the model stage always runs."""
-    if not any(names):
+    names = [name.strip() for name in names if name.strip()]
+    if not names:
         raise IngestError("no stage given: --stages is empty", f"pass --stages with any of: all, {', '.join(REGISTRY)}")
     unknown = [name for name in names if name != "all" and name not in REGISTRY]
     if unknown:
