@@ -490,7 +490,7 @@ def test_mixed_list_parameters(box, value, message):
     (["--device", "mps"], "device 'mps' requested but Apple's MPS is not available", False),
     (["--device", "meta"], "--device must be cpu, cuda, cuda:N, mps or auto, got 'meta'", False),
     (["--name", "a\nb"], "--name 'a\\nb' cannot be a model id", False),
-    (["--stages", ""], "no stage given: --stages is empty", False),
+    (["--stages", ""], "no stage to run: --stages is empty", False),
     (["--random", "-1"], "--random must be at least 0", False),
     (["--quantiles", "-1"], "--quantiles must be at least 0", False),
     (["--per-quantile", "0"], "--per-quantile must be at least 1", False),

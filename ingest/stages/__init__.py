@@ -88,7 +88,7 @@ def resolve(names: list[str]) -> list[Stage]:
     """The named stages ('all' for every default one), in dependency order; the model stage always runs."""
     names = [name.strip() for name in names if name.strip()]
     if not names:
-        raise IngestError("no stage given: --stages is empty", f"pass --stages with any of: all, {', '.join(REGISTRY)}")
+        raise IngestError("no stage to run: --stages is empty", f"pass --stages with any of: all, {', '.join(REGISTRY)}")
     unknown = [name for name in names if name != "all" and name not in REGISTRY]
     if unknown:
         raise IngestError(f"unknown stage(s): {', '.join(shorten(n, 40) for n in unknown)}",
@@ -96,8 +96,6 @@ def resolve(names: list[str]) -> list[Stage]:
     wanted: set[str] = set()
     for name in names:
         wanted.update(default_stages() if name == "all" else [name])
-    if not wanted:
-        raise IngestError("no stage to run", f"pass --stages with any of: all, {', '.join(REGISTRY)}")
     wanted.add("model")
     return [stage for name, stage in REGISTRY.items() if name in wanted]
 
