@@ -22,6 +22,9 @@ PIPELINE_SETTINGS: tuple[Setting, ...] = (
             pattern=r"cpu|auto|mps|cuda(:[0-9]{1,4})?", valid="cpu, cuda, cuda:N, mps or auto"),
     Setting("dtype", "float32", "Model weights and activations dtype.", type=str,
             choices=("float32", "bfloat16", "float16"), output=False),
+    Setting("max_memory", None, "Memory the run may use, e.g. 4G (default: what it holds when it starts plus 80% "
+            "of the memory still available). The estimate is printed; past it the activation pass runs in groups "
+            "of layers.", type=str, output=False),
 )
 
 
