@@ -67,6 +67,9 @@ class IngestConfig:
 
     def validate(self) -> list[Stage]:
         """Every check that needs neither the model nor the store; returns the stages to run."""
+        check_model_spec(self.model)
+        if self.name is not None:
+            check_model_name(self.name, "--name")
         stages = resolve(self.stages)
         if self.layers is not None and not self.layers:
             raise IngestError("no layer to ingest", "pass --layers with at least one layer, e.g. 0-5,12")
@@ -89,6 +92,29 @@ class IngestReport:
     seconds: float = 0.0
 
 
+MAX_NAME = 200  # characters of a model id in the store (it starts every neuron id)
+MAX_LAYER = 10_000  # far beyond any model; keeps "0-99999999999" from building a huge list
+
+
+def check_model_spec(spec: str) -> None:
+    """Refuse a MODEL argument that cannot name a model, before anything is loaded."""
+    if not spec or not spec.strip():
+        raise IngestError("no model given: MODEL is empty", "pass a bundled name (smollm2-135m), a Hugging Face id, "
+                          "a model directory or a .gguf file")
+    if len(spec) > config.MAX_LOCATION or not spec.isprintable():
+        raise IngestError(f"not a model name or path: {config.shorten(spec, 60)}",
+                          f"a model is a bundled name, a Hugging Face id, a directory or a .gguf file; "
+                          f"at most {config.MAX_LOCATION} printable characters")
+
+
+def check_model_name(name: str, what: str = "the model name") -> None:
+    """A model id must read back as typed: printable, no surrounding spaces, not too long."""
+    if not name or not name.isprintable() or name != name.strip() or len(name) > MAX_NAME:
+        raise IngestError(f"{what} '{config.shorten(name, 60)}' cannot be a model id",
+                          f"use 1 to {MAX_NAME} printable characters with no line breaks or surrounding "
+                          "spaces, e.g. --name my-model")
+
+
 def parse_layers(text: str | None) -> list[int] | None:
     """'0-5,12' -> [0, 1, 2, 3, 4, 5, 12]; None or 'all' -> None (every layer)."""
     if text is None or text.strip().lower() in ("", "all"):
@@ -97,15 +123,18 @@ def parse_layers(text: str | None) -> list[int] | None:
     for part in text.split(","):
         part = part.strip()
         try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if lo > hi or lo < 0:
-                    raise ValueError
-                layers.update(range(lo, hi + 1))
-            else:
-                layers.add(int(part))
+            lo, sep, hi = part.partition("-")
+            lo_i = int(lo)
+            hi_i = int(hi) if sep else lo_i
+            if lo_i > hi_i or lo_i < 0:
+                raise ValueError
         except ValueError:
-            raise IngestError(f"cannot read layers {text!r}", "use a list of layers and ranges, e.g. 0-5,12") from None
+            raise IngestError(f"cannot read layers '{config.shorten(text, 60)}'",
+                              "use a list of layers and ranges, e.g. 0-5,12") from None
+        if hi_i > MAX_LAYER:
+            raise IngestError(f"layer {hi_i:,} in --layers '{config.shorten(text, 60)}' is beyond any model",
+                              "use the model's layer numbers, e.g. 0-5,12")
+        layers.update(range(lo_i, hi_i + 1))
     return sorted(layers)
 
 
@@ -131,15 +160,21 @@ class Pipeline:
         except ImportError as e:
             raise IngestError(f"ingesting needs the model stack, which is not installed ({e.name} is missing)",
                               "pip install 'neuron-kb[ingest]'") from None
-        from ingest.corpus import load_corpus, make_windows, snippet_id
+        from ingest.corpus import check_corpus, load_corpus, make_windows, snippet_id
         from ingest.stages.model import token_texts
 
         cfg, s = self.cfg, self.cfg.settings
         uses_corpus = any(stage.uses_corpus for stage in self.stages)
-        corpus = load_corpus(s["corpus"]) if uses_corpus else None  # a missing path fails before the model loads
+        # Everything that can be checked without the model is checked before it loads (which
+        # takes ~25 s for SmolLM2): the corpus opens and holds text, the device exists.
+        corpus = load_corpus(s["corpus"]) if uses_corpus else None
+        if corpus is not None:
+            check_corpus(corpus)
+        device = resolve_device(s["device"])
         self.reporter.note(f"loading {cfg.model}")
-        self.lm = load_model(cfg.model, device=resolve_device(s["device"]), dtype=s["dtype"], name=cfg.name)
+        self.lm = load_model(cfg.model, device=device, dtype=s["dtype"], name=cfg.name)
         self.model_id = self.lm.name
+        check_model_name(self.model_id, "the model name (from MODEL; choose another with --name)")
         n_layers = self.lm.adapter.n_layers
         layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
         bad = [layer for layer in layers if not 0 <= layer < n_layers]
@@ -153,6 +188,9 @@ class Pipeline:
             self.reporter.note("tokenizing the corpus")
             self.windows = make_windows(corpus, self.lm.tokenizer, window=s["window"], max_tokens=s["tokens"])
             self.snippet_ids = [snippet_id(self.lm.tokenizer_id, row) for row in self.windows.token_ids]
+            for stage in self.stages:
+                if stage.uses_corpus:
+                    stage.check_corpus(cfg, self.windows)
         self.token_text = token_texts(self.lm)
         self.memory = self._plan_memory(store_url)
         return self

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import click
+from click.core import ParameterSource
 import pandas as pd
 
 from kb import __version__, config, output, queries
@@ -55,7 +56,11 @@ def format_option(choices: tuple[str, ...] = output.FORMATS):
 
 
 def _url(store_url: str | None) -> str:
-    return store_url or config.default_store()
+    # An empty --store is a mistake, not a request for the default store.
+    if store_url is None:
+        return config.default_store()
+    source = click.get_current_context().get_parameter_source("store_url")
+    return config.check_location(store_url, f"${config.STORE_ENV}" if source is ParameterSource.ENVIRONMENT else "--store")
 
 
 def _echo_rows(df: pd.DataFrame, fmt: str) -> None:

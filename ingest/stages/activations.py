@@ -59,6 +59,36 @@ class ActivationsStage(Stage):
                               "raise --tokens or lower --window")
         record_config(cfg)  # RecordConfig's own checks (reservoir against per_quantile, ...)
 
+    def check_model(self, cfg, lm) -> None:
+        from ingest.stages.model import window_prefix
+        from kb.errors import IngestError
+
+        config = lm.model.config
+        limit = next((getattr(config, a) for a in ("max_position_embeddings", "n_positions", "n_ctx")
+                      if isinstance(getattr(config, a, None), int)), None)
+        need = cfg.settings["window"] + len(window_prefix(lm.tokenizer))
+        if limit is not None and need > limit:
+            raise IngestError(f"--window {cfg.settings['window']} does not fit the model's context of {limit} "
+                              f"positions (with {need - cfg.settings['window']} prefix token(s))",
+                              f"use --window {limit - (need - cfg.settings['window'])} or less")
+
+    def check_corpus(self, cfg, windows) -> None:
+        # Each record is a distinct window, so a neuron cannot have more records of a kind than
+        # the corpus has windows; asking for more is refused rather than silently given less.
+        from kb.errors import IngestError
+
+        s, n = cfg.settings, windows.n_windows
+        asked = [("--top-k", s["top_k"]), ("--random", s["n_random"])]
+        if s["n_quantiles"]:
+            asked.append(("--per-quantile", s["per_quantile"]))
+        if s["n_quantiles"] * s["per_quantile"] > n:
+            asked.append((f"--quantiles {s['n_quantiles']} x --per-quantile", s["n_quantiles"] * s["per_quantile"]))
+        for flag, k in asked:
+            if k > n:
+                raise IngestError(f"{flag} {k} is more than the {n} windows the corpus gave "
+                                  f"({s['tokens']} tokens in windows of {s['window']})",
+                                  f"use {flag} {n} or less, or a larger corpus / --tokens")
+
     def run(self, ctx: Context, layers: list[int]) -> StageReport:
         from ingest.memory import split
 

@@ -115,6 +115,74 @@ def _query_error(err: RuntimeError, timeout: float | None = None) -> NkbError:
     return QueryError(line)
 
 
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the directories a failed create made (outermost first in ``made``), where empty."""
+    for path in reversed(made):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+class _Mixed(Exception):
+    def __init__(self, a: str, b: str):
+        super().__init__(f"{a} and {b}")
+
+
+def _kind(value: Any) -> Any:
+    """The engine type family of a parameter value: LadybugDB types a list by its first item
+    and then fails on an item of another family (a ValueError from deep in its binding), so
+    mixed lists are found here first. None fits anything."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return "boolean"
+    if isinstance(value, (int, float, np.number)):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        kind = None
+        for item in value:
+            kind = _merge(kind, _kind(item))
+        return ("list", kind)
+    if isinstance(value, dict):
+        return ("map", {str(k): _kind(v) for k, v in value.items()})
+    return type(value).__name__
+
+
+def _merge(a: Any, b: Any) -> Any:
+    if a is None or a == b:
+        return b if a is None else a
+    if b is None:
+        return a
+    if isinstance(a, tuple) and isinstance(b, tuple) and a[0] == b[0]:
+        if a[0] == "list":
+            return ("list", _merge(a[1], b[1]))
+        if set(a[1]) != set(b[1]):
+            # The engine would give every map the first one's keys, silently relabelling values.
+            raise _Mixed(f"a map with keys {', '.join(sorted(a[1])) or '(none)'}",
+                         f"a map with keys {', '.join(sorted(b[1])) or '(none)'}")
+        return ("map", {k: _merge(a[1][k], b[1][k]) for k in a[1]})
+    raise _Mixed(_describe(a), _describe(b))
+
+
+def _describe(kind: Any) -> str:
+    if isinstance(kind, tuple):
+        return "a list" if kind[0] == "list" else "a map"
+    return "null" if kind is None else {"boolean": "a boolean", "number": "a number", "text": "text"}.get(kind, kind)
+
+
+def _check_uniform(name: str, value: Any) -> None:
+    """Refuse items of different families anywhere in one list (also across nested lists and
+    between the maps of a list), which _check_param does not look for."""
+    try:
+        _kind(value)
+    except _Mixed as e:
+        raise ParameterError(f"parameter ${name} mixes {e} in one list, which the embedded engine cannot bind",
+                             "give every item of a list (and every value of one key in a list of maps) one type")
+
+
 def _check_param(name: str, value: Any) -> None:
     """Refuse list parameters LadybugDB cannot type: it infers a list's type from its items,
     so an empty list (or one of nulls) fails with "This should not happen", and one that
@@ -199,10 +267,16 @@ class EmbeddedStore(Store):
         # sources written since. Only they can have relationships of that type, so a batch
         # of other sources needs no look-up at all. Dropped by anything else that writes.
         self._sources_written: dict[str, set[str]] = {}
-        if self.path.exists() and not self.path.is_dir():
+        try:
+            is_file = self.path.exists() and not self.path.is_dir()
+            exists = self.graph_path.exists()
+        except OSError as e:  # a name too long, a directory we may not enter...
+            raise StoreNotFound(f"cannot use {url} as a knowledge base: {e.strerror or type(e).__name__}",
+                                "pass a directory you can read (and write, to create one)") from None
+        if is_file:
             raise StoreCorrupt(f"{url} is a file, not a knowledge-base directory",
                                f"pass the directory that holds {GRAPH_FILE}")
-        if not self.graph_path.exists():
+        if not exists:
             if not create:
                 raise StoreNotFound(f"no knowledge base at {url}",
                                     f"create one with: nkb init --store {url}, or fill one with: nkb ingest --store {url}")
@@ -264,9 +338,21 @@ class EmbeddedStore(Store):
     def _create(self) -> None:
         from kb import __version__
 
-        made_dir = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        db, conn = self._connect(read_only=False)
+        # The directories this creates, outermost first: a failed create removes them again.
+        made = [p for p in (self.path, *self.path.parents) if not p.exists()][::-1]
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            _remove_empty(made)
+            raise NkbError(f"cannot create a knowledge base at {self.url}: {e.strerror or type(e).__name__}",
+                           "pass a directory you can write to with --store or $NKB_STORE") from None
+        try:
+            db, conn = self._connect(read_only=False)
+        except NkbError:
+            for leftover in self.path.glob(GRAPH_FILE + "*"):
+                leftover.unlink()
+            _remove_empty(made)
+            raise
         try:
             conn.execute("BEGIN TRANSACTION")
             for statement in table_ddl():
@@ -281,8 +367,7 @@ class EmbeddedStore(Store):
             # A half-made store would later read as corrupt; leave nothing behind instead.
             for leftover in self.path.glob(GRAPH_FILE + "*"):
                 leftover.unlink()
-            if made_dir and not any(self.path.iterdir()):
-                self.path.rmdir()
+            _remove_empty(made)
             raise NkbError(f"cannot create a knowledge base at {self.url}: {_first_line(e)}") from None
         conn.close()
         db.close()
@@ -503,6 +588,7 @@ class EmbeddedStore(Store):
     def _run(self, query: str, params: dict[str, Any], *, write: bool, timeout: float | None = None) -> pd.DataFrame:
         for name, value in params.items():
             _check_param(name, value)
+            _check_uniform(name, value)
         # LadybugDB checks the timeout while it executes and interrupts the query; the
         # connection stays usable, and a read's transaction is rolled back with it.
         self.conn.set_query_timeout(0 if timeout is None else max(1, round(timeout * 1000)))

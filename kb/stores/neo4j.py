@@ -253,11 +253,8 @@ def _out(value: Any) -> Any:
 
 # -- the store -------------------------------------------------------------------------------
 def redact(url: str) -> str:
-    """kb.config.redact, also for a URL too broken to parse (say, a non-numeric port)."""
-    try:
-        return config.redact(url)
-    except ValueError:
-        return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+    """kb.config.redact (which works on text, so also for a URL too broken to parse)."""
+    return config.redact(url)
 
 
 def parse_url(url: str) -> tuple[str, str | None]:
@@ -308,7 +305,7 @@ class Neo4jStore(Store):
         self.default_batch_size = _batch_size(batch_size)
         driver_url, self.database = parse_url(url)
         self.user, password = config.neo4j_credentials(url)
-        self._secret = password
+        self._raw_url, self._secret = url, password
         self._bookmarks = neo4j.GraphDatabase.bookmark_manager()
         self._driver: neo4j.Driver | None = None
         # Per label: the ids this store has created since it found the label empty (so any
@@ -336,9 +333,9 @@ class Neo4jStore(Store):
 
     # -- opening ------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
-        # Driver messages name hosts, not passwords; this makes sure of it (a password of a
-        # character or two would only garble the message, and tells nothing on its own).
-        return text.replace(self._secret, "***") if len(self._secret) > 2 else text
+        # Driver messages can echo the URI they were given (query string included) and name
+        # hosts; this makes sure no password or query value gets through.
+        return config.scrub(text, self._raw_url, self._secret)
 
     def _connect(self) -> None:
         try:
