@@ -76,6 +76,7 @@ class _Frames:
     def __init__(self) -> None:
         self.nodes: dict[str, list[dict]] = {}
         self.rels: dict[str, list[dict]] = {}
+        self.records: set[tuple[str, str, str]] = set()
 
     def node(self, label: str, row: dict) -> None:
         self.nodes.setdefault(label, []).append(row)
@@ -108,6 +109,11 @@ def _record(frames: _Frames, nid: str, tokens: Any, acts: Any, kind: str, rank: 
     if not np.isfinite(values).all():
         raise ValueError(f"{where}: activations must be finite numbers")
     snip = _snippet(tokens, corpus)
+    key = (nid, snip["id"], kind)
+    if key in frames.records:
+        # One record per neuron, snippet and kind (the ACTIVATES_ON key): the best-ranked stays.
+        return float(values.max())
+    frames.records.add(key)
     frames.node("Snippet", snip)
     frames.rel("ACTIVATES_ON", {"src": nid, "dst": snip["id"], "kind": kind, "rank": rank,
                                 "max": float(values.max()), "position": int(values.argmax()),
@@ -213,6 +219,11 @@ class _Importer:
             return
         self._write_model()
         frames.write(self.store, self.report)
+        explained = sorted({r["src"] for r in frames.rels.get("EXPLAINED_BY", [])})
+        if explained:
+            from ingest.explain.run import refresh_best
+
+            refresh_best(self.store, explained)
         self.report.files += 1
         if self.progress:
             self.progress(1)
