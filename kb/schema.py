@@ -159,7 +159,8 @@ NODES: tuple[NodeType, ...] = (
             _p("model", STRING, "Model.id"),
             _p("text", STRING),
             _p("explainer", STRING, "what wrote it: an LLM name, or 'data' for data-derived"),
-            _p("method", STRING, "e.g. top-activations, n2g, lmhead"),
+            _p("method", STRING, "how: top-activations (an LLM, OpenAI's method), summary or n2g "
+               "(data-derived), or an imported source's own name"),
             _p("created_at", STRING, "ISO-8601 time"),
         ),
         "A natural-language explanation of one neuron.",
