@@ -494,6 +494,148 @@ def ingest(model: str, store_url: str | None, layers: str | None, stages: str, n
     click.echo(f"Ingested {report.model} into {report.store} in {report.seconds:.0f} s")
 
 
+# -- nkb explain / score / import ------------------------------------------------------------
+
+def _selection_options(f):
+    f = click.option("--limit", type=click.IntRange(min=1), help="At most this many neurons.")(f)
+    f = click.option("--select", "select", metavar="CYPHER",
+                     help="A read-only Cypher query whose first column is neuron ids, e.g. "
+                          "\"MATCH (n:Neuron) WHERE n.layer = 20 RETURN n.id\". Run as a query; one that writes is refused.")(f)
+    f = click.option("--neurons", "neurons", multiple=True, metavar="ID...",
+                     help="Neuron ids (MODEL/LAYER/INDEX), comma- or space-separated; repeatable.")(f)
+    return f
+
+
+def _backend_options(f):
+    from ingest.explain.make import DEFAULT_LOCAL_MODEL
+
+    f = click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+                     help="Prompts per forward pass of a local model.")(f)
+    f = click.option("--device", default="cpu", show_default=True, help="Device of a local model: cpu, cuda, auto.")(f)
+    f = click.option("--local-model", default=DEFAULT_LOCAL_MODEL, show_default=True,
+                     help="The local chat model: a bundled name, a Hugging Face id or a local directory.")(f)
+    f = click.option("--concurrency", type=click.IntRange(min=1),
+                     help="Requests in flight to the server (default 4, or concurrency in [openai]).")(f)
+    f = click.option("--api-model", help="Model name on the server (default $NKB_OPENAI_MODEL or [openai] model).")(f)
+    f = click.option("--base-url", help="OpenAI-compatible endpoint (default $NKB_OPENAI_BASE_URL, [openai] base_url, "
+                                        "else https://api.openai.com/v1). The key comes from $NKB_OPENAI_API_KEY or "
+                                        "[openai] api_key in the config file.")(f)
+    return f
+
+
+def _backend(kind: str, store, base_url, api_model, concurrency, local_model, device, batch_size):
+    from ingest.explain.make import cache_path, make_backend
+
+    if kind == "local":
+        from ingest.models import resolve_device
+
+        device = resolve_device(device)
+    return make_backend(kind, local_model=local_model, device=device, batch_size=batch_size,
+                        api={"base_url": base_url, "model": api_model, "concurrency": concurrency},
+                        cache_path=cache_path(store))
+
+
+@cli.command()
+@click.option("--explainer", type=click.Choice(["data", "local", "api"]), default="local", show_default=True,
+              help="data: a description from the stored measurements (no LLM); local: a local chat model; "
+                   "api: an OpenAI-compatible server.")
+@click.option("--records", "n_records", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Top records shown to an LLM explainer (the even ranks; odd ranks are kept for scoring).")
+@_selection_options
+@_backend_options
+@store_option
+def explain(explainer: str, n_records: int, neurons: tuple[str, ...], select: str | None, limit: int | None,
+            base_url, api_model, concurrency, local_model, device, batch_size, store_url: str | None) -> None:
+    """Explain selected neurons and store the explanations (OpenAI's method for LLM explainers).
+
+    \b
+    Example:
+      nkb explain --explainer api --select "MATCH (n:Neuron) WHERE n.layer = 20 AND n.density > 0.01 RETURN n.id" --limit 50
+    """
+    from ingest.explain.make import make_explainer
+    from ingest.explain.run import explain_neurons, select_neurons
+
+    with open_store(_url(store_url), read_only=False) as store:
+        ids = select_neurons(store, neurons, select, limit, what="explain")
+        backend = None if explainer == "data" else _backend(explainer, store, base_url, api_model, concurrency,
+                                                            local_model, device, batch_size)
+        bars = _Bars()
+        bars.begin("explain", len(ids), "neuron")
+        try:
+            report = explain_neurons(store, ids, make_explainer(explainer, backend, n_records=n_records),
+                                     progress=bars.advance)
+        finally:
+            bars.end()
+            if backend is not None and hasattr(backend, "close"):
+                backend.close()
+    click.echo(f"Explained {report.written} of {report.neurons} neurons in {report.seconds:.1f} s"
+               + (f" ({len(report.skipped)} without records or answer)" if report.skipped else ""))
+
+
+@cli.command()
+@click.option("--scorer", "method", type=click.Choice(["simulation", "detection", "fuzzing"]), default="simulation",
+              show_default=True, help="simulation: correlation of simulated with true activations (OpenAI); "
+                                      "detection / fuzzing: balanced accuracy of a classifier (delphi).")
+@click.option("--with", "backend_kind", type=click.Choice(["local", "api"]), default="local", show_default=True,
+              help="The model that simulates or classifies: local, or an OpenAI-compatible server.")
+@click.option("--explainer", "only", help="Score only the explanations written by this explainer.")
+@click.option("--top", "n_top", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Held-out top records (odd ranks) per score.")
+@click.option("--random", "n_random", default=5, show_default=True, type=click.IntRange(min=0),
+              help="Random records per score.")
+@click.option("--rescore", is_flag=True, help="Score again explanations that already have this scorer's score.")
+@_selection_options
+@_backend_options
+@store_option
+def score(method: str, backend_kind: str, only: str | None, n_top: int, n_random: int, rescore: bool,
+          neurons: tuple[str, ...], select: str | None, limit: int | None, base_url, api_model, concurrency,
+          local_model, device, batch_size, store_url: str | None) -> None:
+    """Score the stored explanations of selected neurons."""
+    from ingest.explain.make import make_scorer
+    from ingest.explain.run import score_neurons, select_neurons
+
+    with open_store(_url(store_url), read_only=False) as store:
+        ids = select_neurons(store, neurons, select, limit, what="score")
+        backend = _backend(backend_kind, store, base_url, api_model, concurrency, local_model, device, batch_size)
+        try:
+            report = score_neurons(store, ids, make_scorer(method, backend, n_top=n_top, n_random=n_random),
+                                   explainer=only, rescore=rescore)
+        finally:
+            if hasattr(backend, "close"):
+                backend.close()
+    mean = f", mean {sum(report.values) / len(report.values):.3f}" if report.values else ""
+    click.echo(f"Stored {report.written} {method} scores for {report.neurons} neurons in {report.seconds:.1f} s{mean}"
+               + (f" ({len(report.skipped)} explanations could not be scored)" if report.skipped else ""))
+
+
+@cli.command(name="import")
+@click.argument("fmt", metavar="FORMAT")
+@click.argument("path", type=click.Path())
+@click.option("--model", help="Model id in the store (default: gpt2-xl for openai; the export's model, "
+                              "and /SOURCE_SET for SAE sources, for neuronpedia).")
+@click.option("--on-error", type=click.Choice(["stop", "skip"]), default="stop", show_default=True,
+              help="At a malformed file: stop there, or skip it and go on (it is reported at the end).")
+@store_option
+def import_(fmt: str, path: str, model: str | None, on_error: str, store_url: str | None) -> None:
+    """Import published explanations, records and scores: FORMAT is openai (a local copy of OpenAI's
+    neuron-explainer dataset) or neuronpedia (Neuronpedia export batches).
+
+    Each file is imported whole or not at all; importing the same files again changes nothing.
+    """
+    from ingest.explain.importers import check_source, import_file
+
+    check_source(fmt, path)  # before the store is created or opened
+    with open_store(_url(store_url), create=True) as store:
+        report = import_file(store, fmt, path, model, on_error=on_error)
+    rows = ", ".join(f"{v:,} {k}" for k, v in sorted(report.rows.items())) or "nothing new"
+    click.echo(f"Imported {report.files} files into model {report.model}: {rows}"
+               + (f"; {report.unmatched_tokens} tokens not in the store's vocabulary" if report.unmatched_tokens else ""))
+    if report.errors:
+        for line in report.errors[1:]:
+            click.echo(f"Skipped: {line}", err=True)
+        raise NkbError(f"{len(report.errors)} bad file(s) skipped, nothing imported from them; first: {report.errors[0]}")
+
+
 def main() -> None:
     cli(prog_name="nkb")
 

@@ -15,6 +15,14 @@ is refused with one line naming the file, so a typo does not silently fall back 
     [neo4j]
     user = "neo4j"
     password = "..."
+
+    [openai]                          # an OpenAI-compatible endpoint for nkb explain / score
+    base_url = "http://127.0.0.1:8080/v1"
+    model = "..."
+    api_key = "..."
+    concurrency = 4
+    max_retries = 6
+    timeout = 120.0
 """
 
 from __future__ import annotations
@@ -46,6 +54,16 @@ NEO4J_KEYS: dict[str, tuple[type, str]] = {
     "user": (str, "the Neo4j user name"),
     "password": (str, "the Neo4j password, as a quoted string"),
 }
+OPENAI_KEYS: dict[str, tuple[type, str]] = {
+    "base_url": (str, "the endpoint URL, e.g. http://127.0.0.1:8080/v1"),
+    "model": (str, "the model name the endpoint serves"),
+    "api_key": (str, "the API key, as a quoted string"),
+    "concurrency": (int, "a positive number of requests in flight"),
+    "max_retries": (int, "a number of retries"),
+    "timeout": ((int, float), "a number of seconds"),
+}
+# Tables of the config file and their keys.
+SECTIONS: dict[str, dict[str, tuple[type, str]]] = {"neo4j": NEO4J_KEYS, "openai": OPENAI_KEYS}
 
 
 def config_path() -> Path:
@@ -63,7 +81,8 @@ def shorten(text: str, width: int = 120) -> str:
 
 
 def _valid_keys() -> str:
-    return (f"valid keys: {', '.join(CONFIG_KEYS)}, and a [neo4j] table with {' and '.join(NEO4J_KEYS)}")
+    tables = "; ".join(f"a [{name}] table with {', '.join(keys)}" for name, keys in SECTIONS.items())
+    return f"valid keys: {', '.join(CONFIG_KEYS)}; {tables}"
 
 
 def _check_table(path: Path, table: dict, keys: dict[str, tuple[type, str]], prefix: str) -> None:
@@ -113,12 +132,14 @@ def load_config() -> dict:
         raise ConfigError(f"config file {path} is not valid TOML: {e}", _valid_keys()) from None
     except RecursionError:
         raise ConfigError(f"config file {path} is not valid TOML: nested too deeply", _valid_keys()) from None
-    _check_table(path, {k: v for k, v in config.items() if k != "neo4j"}, CONFIG_KEYS, "")
-    if "neo4j" in config:
-        if not isinstance(config["neo4j"], dict):
-            raise ConfigError(f"config file {path}: neo4j must be a table ([neo4j] with user and password), "
-                              f"not a TOML {_toml_type(config['neo4j'])}", _valid_keys())
-        _check_table(path, config["neo4j"], NEO4J_KEYS, "neo4j.")
+    _check_table(path, {k: v for k, v in config.items() if k not in SECTIONS}, CONFIG_KEYS, "")
+    for name, keys in SECTIONS.items():
+        if name not in config:
+            continue
+        if not isinstance(config[name], dict):
+            raise ConfigError(f"config file {path}: {name} must be a table ([{name}] with {', '.join(keys)}), "
+                              f"not a TOML {_toml_type(config[name])}", _valid_keys())
+        _check_table(path, config[name], keys, f"{name}.")
     if "store" in config:
         check_location(config["store"], f"store in config file {path}")
     if "buffer_pool_mb" in config and config["buffer_pool_mb"] < 1:

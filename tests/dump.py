@@ -18,10 +18,14 @@ def _plain(value):
     return value
 
 
+WALL_CLOCK = {"created_at"}
+
+
 def dump(store: Store) -> dict[str, list[tuple]]:
     out: dict[str, list[tuple]] = {}
     for nt in schema.NODES:
-        cols = ", ".join(f"n.`{c}` AS `{c}`" for c in nt.columns)
+        # created_at is the wall-clock time of a write: two equal runs never share it
+        cols = ", ".join(f"n.`{c}` AS `{c}`" for c in nt.columns if c not in WALL_CLOCK)
         df = store.cypher(f"MATCH (n:{nt.label}) RETURN {cols}")
         out[nt.label] = sorted(tuple(_plain(v) for v in row) for row in df.itertuples(index=False))
     for rt in schema.RELS:

@@ -71,7 +71,10 @@ def test_every_neuron_gets_tokens_records_and_statistics(ingested):
         assert sum(r["kind"] == "random" for r in recs) == cfg.n_random
     snippet_ids = {row[0] for row in kb["Snippet"]}
     assert {r["dst"] for r in records} == snippet_ids
-    assert [s.stage for s in report.stages] == ["model", "lmhead", "activations"]
+    assert [s.stage for s in report.stages] == ["model", "lmhead", "activations", "describe"]
+    # describe: one data-derived summary per neuron, labelled as such
+    summaries = [row for row in kb["Explanation"] if row[0].endswith("/data/summary")]
+    assert len(summaries) == len(neurons)
 
 
 def test_running_again_changes_nothing(ingested, tiny_dir):
@@ -144,7 +147,7 @@ def test_bundled_smollm2_end_to_end(tmp_path):
         stats = store.cypher("MATCH (n:Neuron) WHERE n.layer = 29 RETURN n.max_act AS mx, n.density AS d, n.n_tokens AS t")
         assert len(stats) == 1536 and (stats["t"] == 1024).all()
         assert ((stats["d"] >= 0) & (stats["d"] <= 1)).all() and np.isfinite(stats["mx"]).all()
-    assert [s.layers_done for s in report.stages] == [[0, 29], [0, 29], [0, 29]]
+    assert [s.layers_done for s in report.stages] == [[0, 29], [0, 29], [0, 29], [0, 29]]
 
 
 def _one_layer_per_pass(tiny_dir) -> str:
