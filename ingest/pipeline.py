@@ -39,6 +39,10 @@ class Reporter:
 
     def note(self, message: str) -> None: ...
 
+    def layer_written(self, stage: str, layer: int) -> None:
+        """``stage`` has written every row of ``layer`` and is about to mark it done. A run
+        killed here must resume to the same store (tests kill it here on purpose)."""
+
 
 class IngestConfig:
     """Everything that determines an ingest run; saved with the run (there are no secrets in it).

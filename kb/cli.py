@@ -15,6 +15,7 @@ from typing import Any
 import click
 import pandas as pd
 
+from ingest.pipeline import Reporter
 from kb import __version__, config, output, queries
 from kb.card import Card, neuron_card
 from kb.errors import NkbError
@@ -285,7 +286,7 @@ def delete_model(model: str, yes: bool, store_url: str | None) -> None:
 # ingest.pipeline imports the model stack (torch) only inside the stages, so a query-only
 # install still runs every other command.
 
-class _Bars:
+class _Bars(Reporter):
     """Progress bars on stderr for the pipeline's Reporter; tqdm turns them off when stderr
     is not a terminal (disable=None)."""
 

@@ -134,6 +134,7 @@ class Context:
         return self.store.get_meta(self.marker(name, layer)) is not None
 
     def mark_done(self, stage: Stage, layer: int) -> None:
+        self.reporter.layer_written(stage.name, layer)
         settings = stage.output_settings(self.cfg)
         described = ", ".join(f"{k}={v}" for k, v in settings.items())
         self.store.set_meta(self.marker(stage.name, layer),
