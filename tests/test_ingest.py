@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from dump import dump
 from ingest.pipeline import IngestConfig, Pipeline, ingest, parse_layers
 from kb import schema
+from kb.cli import cli
 from kb.errors import IngestError
 from kb.records import decode_activations
 from kb.stores import open_store
@@ -93,18 +97,25 @@ def test_models_with_one_tokenizer_share_its_tokens(ingested, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change, message",
+    "change, args, message",
     [
-        (dict(layers=[7]), r"layer 7 is out of range: tiny has 2 layers \(0-1\)"),
-        (dict(stages=["nonsense"]), r"unknown stage\(s\): nonsense"),
-        (dict(tokens=16), r"less than one window"),
+        (dict(layers=[7]), ["--layers", "7"], r"layer 7 is out of range: tiny has 2 layers \(0-1\)"),
+        (dict(stages=["nonsense"]), ["--stages", "nonsense"], r"unknown stage\(s\): nonsense"),
+        (dict(tokens=16), ["--tokens", "16"], r"less than one window"),
     ],
 )
-def test_bad_settings_fail_before_anything_is_written(tmp_path, tiny_dir, change, message):
-    cfg = IngestConfig(model=str(tiny_dir), name="tiny", **{**SMALL, **change})
-    with pytest.raises(IngestError, match=message):
-        Pipeline(cfg).prepare()
-    assert not (tmp_path / "kb").exists()
+def test_bad_settings_fail_before_anything_is_written(ingested, tmp_path, tiny_dir, change, args, message):
+    # Into an existing store: refused, and the store is exactly as it was.
+    url, _, _, before = ingested
+    with open_store(url) as store:
+        with pytest.raises(IngestError, match=message):
+            ingest(store, IngestConfig(model=str(tiny_dir), name="tiny", **{**SMALL, **change}))
+        assert dump(store) == before
+    # From the command line, into a store that does not exist yet: none is created.
+    new = tmp_path / "kb"
+    result = CliRunner().invoke(cli, ["ingest", str(tiny_dir), "--name", "tiny", "--store", str(new), *args])
+    assert result.exit_code == 1 and re.search(message, result.stderr), result.output
+    assert not new.exists() and not list(tmp_path.iterdir())
 
 
 def test_a_different_model_under_the_same_name_is_refused(ingested, tmp_path):

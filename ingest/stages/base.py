@@ -146,4 +146,6 @@ class Context:
 
 
 def done_marker(model_id: str, stage: str, layer: int) -> str:
-    return f"ingest/{model_id}/{stage}/{layer}"
+    from kb.stores.base import model_meta_prefix  # deleting the model deletes its markers by this prefix
+
+    return f"{model_meta_prefix(model_id)}{stage}/{layer}"

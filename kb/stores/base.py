@@ -46,6 +46,12 @@ def check_params(query: str, params: dict[str, Any]) -> None:
                              f"pass it as params={{{missing[0]!r}: ...}}, or -p {missing[0]}=VALUE on the command line")
 
 
+def model_meta_prefix(model_id: str) -> str:
+    """The metadata keys of one model's ingest runs (done markers, saved configuration) start
+    with this; deleting the model deletes them."""
+    return f"ingest/{model_id}/"
+
+
 def check_schema_version(url: str, version: str, created_by: str | None, new_location: str) -> None:
     """Refuse a store written by another schema version, saying what to do about it."""
     if version != str(schema.SCHEMA_VERSION):
@@ -202,7 +208,8 @@ class Store(ABC):
 
     @abstractmethod
     def delete_model(self, model_id: str) -> dict[str, int]:
-        """Delete a model, its neurons and everything attached only to them.
+        """Delete a model, its neurons and everything attached only to them, and the records of
+        its ingest runs (metadata under ``model_meta_prefix``).
 
         Returns how many nodes of each label were deleted. Tokens and snippets still used
         by another model stay.

@@ -37,7 +37,7 @@ from kb.errors import (
     StoreCorrupt,
     StoreNotFound,
 )
-from kb.stores.base import Store, check_schema_version
+from kb.stores.base import Store, check_schema_version, model_meta_prefix
 
 GRAPH_FILE = "graph.lbug"
 
@@ -469,6 +469,8 @@ class EmbeddedStore(Store):
                         deleted[nt.label] = int(self._scalar(
                             f"MATCH (n:{_q(nt.label)}) WHERE n.{_q(nt.model_prop)} = $m DETACH DELETE n RETURN count(*)", p))
                 deleted["Model"] = int(self._scalar("MATCH (m:Model {id: $m}) DETACH DELETE m RETURN count(*)", p))
+                self._execute(f"MATCH (k:{_q(schema.META.label)}) WHERE k.key STARTS WITH $prefix DELETE k",
+                              {"prefix": model_meta_prefix(model_id)})
                 orphan = "WHERE NOT EXISTS { MATCH (s)<-[:ACTIVATES_ON]-() } DETACH DELETE s RETURN count(*)"
                 if snippets.num_rows:
                     deleted["Snippet"] = int(self._scalar(f"LOAD FROM $ids MATCH (s:Snippet {{id: _id}}) {orphan}",

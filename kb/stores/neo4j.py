@@ -48,7 +48,7 @@ from kb.errors import (
     StoreCorrupt,
     StoreNotFound,
 )
-from kb.stores.base import Store, check_schema_version
+from kb.stores.base import Store, check_schema_version, model_meta_prefix
 
 DATABASE_ENV = "NKB_NEO4J_DATABASE"
 BATCH_SIZE_ENV = "NKB_NEO4J_BATCH_SIZE"
@@ -166,6 +166,10 @@ DELETE_TOKENS = ("MATCH (t:`Token`) WHERE t.`tokenizer` = $tokenizer "
 DELETE_UNUSED_SNIPPETS = ("MATCH (s:`Snippet`) WHERE s.`tokenizer` = $tokenizer AND NOT (s)<-[:`ACTIVATES_ON`]-() "
                           "WITH s LIMIT $limit DETACH DELETE s RETURN count(*) AS deleted")
 DELETE_MODEL = "MATCH (m:`Model` {id: $model}) DETACH DELETE m RETURN count(*) AS deleted"
+# The model's ingest records (done markers, saved configuration): left behind, they would make
+# a new ingest under the same name skip the stages they mark done.
+DELETE_MODEL_META = (f"MATCH (m:{q(schema.META.label)}) WHERE m.`key` STARTS WITH $prefix "
+                     "DELETE m RETURN count(*) AS deleted")
 
 
 def delete_by_model_query(nt: schema.NodeType) -> str:
@@ -181,7 +185,7 @@ def statements(dialect: str = "neo4j") -> list[str]:
     for other column subsets are the same shape with fewer SET items.
     """
     out = [PROBE_NEO4J, *([PROBE_FALKORDB] if dialect == "falkordb" else []),
-           META_GET, META_SET, FOREIGN_DATA, *ddl(dialect)]
+           META_GET, META_SET, FOREIGN_DATA, DELETE_MODEL_META, *ddl(dialect)]
     for nt in schema.NODES:
         out += [upsert_nodes_query(nt, nt.columns), upsert_nodes_query(nt, ["id"]), node_count_query(nt.label)]
         if nt.model_prop:
@@ -582,6 +586,7 @@ class Neo4jStore(Store):
                 # No model reads this tokenizer any more, so its unattached snippets (say,
                 # from an ingest killed before its records) can never be used.
                 deleted["Snippet"] += self._delete_all(DELETE_UNUSED_SNIPPETS, tokenizer=tokenizer)
+        self._write(lambda tx: tx.run(DELETE_MODEL_META, prefix=model_meta_prefix(model_id)).consume())
         deleted["Model"] += self._write(lambda tx: tx.run(DELETE_MODEL, model=model_id).single()["deleted"])
         return deleted
 
