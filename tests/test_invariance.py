@@ -4,7 +4,7 @@
   same knowledge base as the clean run of tests/tinyingest.py.
 - The embedded store's write batch size (rows per atomic batch) stores the same graph: 1, 7
   and the default on a small seeded knowledge base, written and then updated; and a whole
-  ingest written in batches of 97 rows (not aligned with anything the stages write). A
+  ingest written in batches of 251 rows (not aligned with anything the stages write). A
   whole ingest in batches of 1 or 7 would cost thousands of transactions, minutes here.
 
 Float tolerance: the activation pass itself is batch-invariant to the bit (its statistics
@@ -99,7 +99,7 @@ def test_resumed_with_another_batch_size(tiny_run, tmp_path):
 
 
 def test_embedded_write_batches_across_a_whole_ingest(tiny_run, tmp_path):
-    got = ingested(str(tmp_path / "kb"), tiny_run.config(), store_batch=97)
+    got = ingested(str(tmp_path / "kb"), tiny_run.config(), store_batch=251)
     assert got == without_run_configs(tiny_run.dump)  # same forward, so exact
 
 
