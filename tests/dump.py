@@ -41,3 +41,15 @@ def without_run_configs(kb: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
     not change the stored results (batch size, checkpoint interval) and so differ between runs
     that must otherwise store the same knowledge base."""
     return {**kb, schema.META.label: [row for row in kb[schema.META.label] if not row[0].endswith("/config")]}
+
+
+def indexes(store: Store) -> list[tuple]:
+    """The engine's own list of indexes (and the constraints' backing indexes), sorted."""
+    if store.engine == "embedded":
+        df = store.cypher("CALL show_indexes() RETURN *")
+    else:
+        # On the FalkorDB test server the relay (servers.py) answers this from db.indexes().
+        from servers import SHOW_INDEXES
+
+        df = store.cypher(SHOW_INDEXES)
+    return sorted(tuple(_plain(v) for v in row) for row in df.itertuples(index=False))
