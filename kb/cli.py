@@ -406,7 +406,7 @@ def ingest(model: str, store_url: str | None, layers: str | None, stages: str, n
     cfg = IngestConfig(model, name=name, layers=parse_layers(layers),
                        stages=[s.strip() for s in stages.split(",")], **settings)
     url = _url(store_url)
-    pipeline = Pipeline(cfg, _Bars()).prepare()  # validates everything before the store is touched
+    pipeline = Pipeline(cfg, _Bars()).prepare(url)  # validates everything before the store is touched
     with open_store(url, create=True) as store:
         report = pipeline.run(store)
     for stage in report.stages:

@@ -229,7 +229,7 @@ def test_write_needs_write_flag(kb_path):
     before, unchanged = counts(kb_path), snapshot(kb_path)
     create = "CREATE (:Model {id: 'gamma', kind: 'lm'})"
     line = one_error_line(invoke(kb_path, "query", create))
-    assert line.startswith("Error: the query writes (CREATE) but the store is opened read-only (")
+    assert line.startswith("Error: the query writes (CREATE) but it runs read-only (")
     assert "--write" in line
     assert snapshot(kb_path) == unchanged
     assert invoke(kb_path, "query", create, "--write").exit_code == 0

@@ -76,7 +76,7 @@ def count(store: Path, rel: str) -> int:
 
 @pytest.mark.parametrize("stage, event, nth", [
     ("lmhead", "advance", 1),  # during lmhead: layer 0 written and marked, layer 1 not begun
-    ("activations", "advance", 3),  # during the activation pass: after batch 3 of 5, checkpointed after batch 2
+    ("activations", "advance", 3),  # during the activation pass: after batch 3 of 5 (checkpointed after every batch)
     ("activations", "written 0", 1),  # layer 0's records written, its done marker not
 ], ids=["during-lmhead", "during-activation-pass", "records-written-not-marked"])
 def test_killed_ingest_resumes_to_the_same_kb(tiny_run, tmp_path, stage, event, nth):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WINDOW, N_WINDOWS = 16, 40
-SETTINGS = dict(tokens=WINDOW * N_WINDOWS, window=WINDOW, batch_size=8, checkpoint_every=2, top_k=4, n_random=3,
+SETTINGS = dict(tokens=WINDOW * N_WINDOWS, window=WINDOW, batch_size=8, checkpoint_seconds=0.0, top_k=4, n_random=3,
                 n_quantiles=3, per_quantile=1, lmhead_k=5, seed=11)
 
 

@@ -20,6 +20,9 @@ PIPELINE_SETTINGS: tuple[Setting, ...] = (
     Setting("device", "cpu", "cpu, cuda, cuda:N or auto.", type=str, output=False),
     Setting("dtype", "float32", "Model weights and activations dtype.", type=str,
             choices=("float32", "bfloat16", "float16"), output=False),
+    Setting("max_memory", None, "Memory the run may use, e.g. 4G (default: what it holds when it starts plus 80% "
+            "of the memory still available). The estimate is printed; past it the activation pass runs in groups "
+            "of layers.", type=str, output=False),
 )
 
 
