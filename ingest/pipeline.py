@@ -25,7 +25,7 @@ from typing import Any
 from ingest.stages import REGISTRY, Context, Stage, StageReport, all_settings, default_stages, defaults, digest, resolve
 from kb import config
 from kb.errors import IngestError
-from kb.stores.base import Store
+from kb.stores.base import Store, model_meta_prefix
 
 
 class Reporter:
@@ -38,6 +38,10 @@ class Reporter:
     def end(self) -> None: ...
 
     def note(self, message: str) -> None: ...
+
+    def layer_written(self, stage: str, layer: int) -> None:
+        """``stage`` has written every row of ``layer`` and is about to mark it done. A run
+        killed here must resume to the same store (tests kill it here on purpose)."""
 
 
 class IngestConfig:
@@ -265,7 +269,7 @@ class Pipeline:
             sub.seconds = time.perf_counter() - t0
             report.stages.append(sub)
             if stage.name == "model":
-                store.set_meta(f"ingest/{self.model_id}/config", json.dumps(self.cfg.as_dict()))
+                store.set_meta(f"{model_meta_prefix(self.model_id)}config", json.dumps(self.cfg.as_dict()))
         report.seconds = time.perf_counter() - started
         return report
 

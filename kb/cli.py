@@ -16,6 +16,7 @@ import click
 from click.core import ParameterSource
 import pandas as pd
 
+from ingest.pipeline import Reporter
 from kb import __version__, config, output, queries
 from kb.card import Card, neuron_card
 from kb.cypher import DEFAULT_TIMEOUT_S
@@ -419,7 +420,7 @@ class _FileBars:
 # ingest.pipeline imports the model stack (torch) only inside the stages, so a query-only
 # install still runs every other command.
 
-class _Bars:
+class _Bars(Reporter):
     """Progress bars on stderr for the pipeline's Reporter; tqdm turns them off when stderr
     is not a terminal (disable=None)."""
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
-from dump import dump
+from dump import dump, without_run_configs
 from ingest.activations import ActivationCollector
 from ingest.pipeline import IngestConfig, Pipeline, Reporter, ingest, parse_layers
 from kb import schema
+from kb.cli import cli
 from kb.errors import IngestError
 from kb.records import decode_activations
 from kb.stores import open_store
@@ -100,20 +103,27 @@ def test_models_with_one_tokenizer_share_its_tokens(ingested, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change, message",
+    "change, args, message",
     [
-        (dict(layers=[7]), r"layer 7 is out of range: tiny has 2 layers \(0-1\)"),
-        (dict(stages=["nonsense"]), r"unknown stage\(s\): nonsense"),
-        (dict(tokens=16), r"less than one window"),
-        (dict(max_memory="4000"), r"--max-memory '4000' is not a size with a unit"),
-        (dict(max_memory="1M"), r"--max-memory 1 MB is too small for .* one layer of tiny"),
+        (dict(layers=[7]), ["--layers", "7"], r"layer 7 is out of range: tiny has 2 layers \(0-1\)"),
+        (dict(stages=["nonsense"]), ["--stages", "nonsense"], r"unknown stage\(s\): nonsense"),
+        (dict(tokens=16), ["--tokens", "16"], r"less than one window"),
+        (dict(max_memory="4000"), ["--max-memory", "4000"], r"--max-memory '4000' is not a size with a unit"),
+        (dict(max_memory="1M"), ["--max-memory", "1M"], r"--max-memory 1 MB is too small for .* one layer of tiny"),
     ],
 )
-def test_bad_settings_fail_before_anything_is_written(tmp_path, tiny_dir, change, message):
-    cfg = IngestConfig(model=str(tiny_dir), name="tiny", **{**SMALL, **change})
-    with pytest.raises(IngestError, match=message):
-        Pipeline(cfg).prepare()
-    assert not (tmp_path / "kb").exists()
+def test_bad_settings_fail_before_anything_is_written(ingested, tmp_path, tiny_dir, change, args, message):
+    # Into an existing store: refused, and the store is exactly as it was.
+    url, _, _, before = ingested
+    with open_store(url) as store:
+        with pytest.raises(IngestError, match=message):
+            ingest(store, IngestConfig(model=str(tiny_dir), name="tiny", **{**SMALL, **change}))
+        assert dump(store) == before
+    # From the command line, into a store that does not exist yet: none is created.
+    new = tmp_path / "kb"
+    result = CliRunner().invoke(cli, ["ingest", str(tiny_dir), "--name", "tiny", "--store", str(new), *args])
+    assert result.exit_code == 1 and re.search(message, result.stderr), result.output
+    assert not new.exists() and not list(tmp_path.iterdir())
 
 
 def test_a_different_model_under_the_same_name_is_refused(ingested, tmp_path):
@@ -192,7 +202,7 @@ def test_layer_groups_give_the_kb_of_one_pass(ingested, tiny_dir, tmp_path):
     watch = GroupWatch()
     with open_store(str(tmp_path / "kb"), create=True) as store:
         ingest(store, cfg, watch)
-        assert dump(store) == one_pass
+        assert without_run_configs(dump(store)) == without_run_configs(one_pass)  # max_memory is saved
     assert watch.groups == ["activations 1/2", "activations 2/2"]
     assert watch.alive == [0, 0]  # the first group's state is gone before the second begins
     assert any(n.startswith("memory estimate for tiny:") for n in watch.notes)
@@ -212,7 +222,7 @@ def test_a_killed_grouped_run_resumes_its_group(ingested, tiny_dir, tmp_path):
         assert json.loads(checkpoint.with_name("activations.json").read_text())["layers"] == [1]
         watch = GroupWatch()
         report = ingest(store, IngestConfig(model=str(tiny_dir), name="tiny", **settings), watch)
-        assert dump(store) == one_pass
+        assert without_run_configs(dump(store)) == without_run_configs(one_pass)  # max_memory is saved
         assert not checkpoint.exists()
     assert report.stages[2].layers_done == [1] and report.stages[2].layers_skipped == [0]
     # The group resumed from its checkpoint: 2 of 8 batches saved before the third was killed.

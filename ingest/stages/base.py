@@ -155,6 +155,7 @@ class Context:
         return self.store.get_meta(self.marker(name, layer)) is not None
 
     def mark_done(self, stage: Stage, layer: int) -> None:
+        self.reporter.layer_written(stage.name, layer)
         settings = stage.output_settings(self.cfg)
         described = ", ".join(f"{k}={v}" for k, v in settings.items())
         self.store.set_meta(self.marker(stage.name, layer),
@@ -166,4 +167,6 @@ class Context:
 
 
 def done_marker(model_id: str, stage: str, layer: int) -> str:
-    return f"ingest/{model_id}/{stage}/{layer}"
+    from kb.stores.base import model_meta_prefix  # deleting the model deletes its markers by this prefix
+
+    return f"{model_meta_prefix(model_id)}{stage}/{layer}"

@@ -158,12 +158,22 @@ DELETE_UNUSED_SNIPPETS = ("MATCH (s:`Snippet`) WHERE s.`tokenizer` = $tokenizer 
                           "AND NOT EXISTS { MATCH (s)<-[:`ACTIVATES_ON`]-() } "
                           "WITH s LIMIT $limit DETACH DELETE s RETURN count(*) AS deleted")
 DELETE_MODEL = "MATCH (m:`Model` {id: $model}) DETACH DELETE m RETURN count(*) AS deleted"
+# The model's ingest records (done markers, saved configuration): left behind, they would make
+# a new ingest under the same name skip the stages they mark done.
+DELETE_MODEL_META = (f"MATCH (m:{cypher.quote(schema.META.label)}) WHERE m.`key` STARTS WITH $prefix "
+                     "DELETE m RETURN count(*) AS deleted")
+
+
+def model_meta_prefix(model_id: str) -> str:
+    """The metadata keys of one model's ingest runs (done markers, saved configuration) start
+    with this; deleting the model deletes them."""
+    return f"ingest/{model_id}/"
 
 
 def statements() -> list[str]:
     """Every statement the base class sends (each engine adds its own)."""
     out = [MODEL_TOKENIZER, DETACH_RECORDS, DELETE_ORPHAN_SNIPPETS, OTHER_MODELS_WITH_TOKENIZER,
-           DELETE_TOKENS, DELETE_UNUSED_SNIPPETS, DELETE_MODEL]
+           DELETE_TOKENS, DELETE_UNUSED_SNIPPETS, DELETE_MODEL_META, DELETE_MODEL]
     out += [node_count_query(nt.label) for nt in schema.NODES]
     out += [delete_by_model_query(nt) for nt in schema.NODES if nt.model_prop]
     out += [rel_count_query(rt.type) for rt in schema.RELS]
@@ -255,7 +265,8 @@ class Store(ABC):
     delete_batch_size: int = 2_000
 
     def delete_model(self, model_id: str) -> dict[str, int]:
-        """Delete a model, its neurons and everything attached only to them.
+        """Delete a model, its neurons and everything attached only to them, and the records of
+        its ingest runs (metadata under ``model_meta_prefix``).
 
         Returns how many nodes of each label were deleted. Tokens and snippets still used
         by another model stay. The steps run in batches of ``delete_batch_size``, the Model
@@ -284,6 +295,7 @@ class Store(ABC):
                 # No model reads this tokenizer any more, so its unattached snippets (say,
                 # from an ingest killed before its records) can never be used.
                 deleted["Snippet"] += self._delete_all(DELETE_UNUSED_SNIPPETS, tokenizer=tokenizer)
+            self._write_rows(DELETE_MODEL_META, {"prefix": model_meta_prefix(model_id)})
             deleted["Model"] += int(self._write_rows(DELETE_MODEL, {"model": model_id})[0][0])
         return deleted
 
