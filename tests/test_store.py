@@ -257,7 +257,6 @@ def test_embedded_store_is_a_directory_with_room_beside_the_graph(tmp_path):
         assert s.counts()["Neuron"] == 0
 
 
-
 def _pool_mb(store) -> int:
     """The buffer pool the engine itself reports (not what we asked for)."""
     return int(store.cypher("CALL bm_info() RETURN mem_limit AS m")["m"][0]) // 2**20
@@ -350,3 +349,288 @@ def test_embedded_pool_full_after_commit(tmp_path, monkeypatch):
     with open_store(url, read_only=True) as s:
         counts = s.counts()
     assert counts["Neuron"] == 10 and counts["Snippet"] in (0, 88_000)
+
+
+# -- writing ------------------------------------------------------------------------------
+def test_counts_cover_every_label_and_type(full, frames):
+    counts = full.counts()
+    assert set(counts) == set(schema.NODE_BY_LABEL) | set(schema.REL_BY_TYPE)
+    assert schema.META.label not in counts
+    assert counts == expected_counts(frames)
+    assert counts["READS"] == 0 and counts["Neuron"] == 24
+
+
+def test_node_upsert_is_idempotent(full, frames):
+    before = (full.counts(), records(full, NEURONS_Q))
+    assert full.upsert_nodes("Neuron", frames["Neuron"]) == len(frames["Neuron"])
+    assert (full.counts(), records(full, NEURONS_Q)) == before
+
+
+def test_rel_upsert_is_idempotent(full, frames):
+    before = (full.counts(), records(full, PROMOTES_Q), records(full, ACTS_Q))
+    for name in ("PROMOTES", "ACTIVATES_ON", "SIMILAR_TO", "HAS_NEURON"):
+        full.upsert_rels(name, frames[name])
+    assert (full.counts(), records(full, PROMOTES_Q), records(full, ACTS_Q)) == before
+
+
+def test_node_values_round_trip(full, frames):
+    got = records(full, NEURONS_Q)
+    want = frames["Neuron"].sort_values("id")
+    assert [r["id"] for r in got] == want["id"].tolist()
+    assert [r["layer"] for r in got] == want["layer"].tolist()
+    assert [r["idx"] for r in got] == want["idx"].tolist()
+    assert [r["max_act"] for r in got] == want["max_act"].tolist()
+    assert [list(r["qb"]) for r in got] == want["quantile_boundaries"].tolist()
+
+
+def test_list_properties_round_trip(full, frames):
+    snippets = records(full, "MATCH (s:Snippet) RETURN s.id AS id, s.token_ids AS ids, s.tokens AS tokens ORDER BY id")
+    want = frames["Snippet"].sort_values("id")
+    assert [list(r["ids"]) for r in snippets] == want["token_ids"].tolist()
+    assert [list(r["tokens"]) for r in snippets] == want["tokens"].tolist()
+    acts = records(full, ACTS_Q)
+    want = frames["ACTIVATES_ON"].sort_values(["src", "dst"])
+    assert len(acts) == len(want)
+    for got, (_, row) in zip(acts, want.iterrows()):
+        assert (got["src"], got["dst"], got["kind"], got["rank"]) == (row["src"], row["dst"], "top", row["rank"])
+        assert got["acts"] == row["activations"]
+        assert got["mx"] == pytest.approx(row["max"])
+
+
+def test_nulls_for_every_type(store):
+    store.upsert_nodes("Neuron", pd.DataFrame({
+        "id": ["m/0/0", "m/0/1"],
+        "layer": pd.array([3, None], dtype="Int64"),
+        "max_act": [1.5, np.nan],
+        "kind": ["mlp", None],
+        "quantile_boundaries": [None, [0.5, 1.5]],
+    }))
+    got = records(store, "MATCH (n:Neuron) RETURN n.id AS id, n.layer AS layer, n.max_act AS max_act, "
+                         "n.kind AS kind, n.quantile_boundaries AS qb, n.n_tokens AS n_tokens ORDER BY id")
+    assert [(r["layer"], r["max_act"], r["kind"], r["n_tokens"]) for r in got] == [(3, 1.5, "mlp", None),
+                                                                                   (None, None, None, None)]
+    assert got[0]["qb"] is None and list(got[1]["qb"]) == [0.5, 1.5]
+
+
+def test_partial_columns_update_only_those(full, frames):
+    neurons = frames["Neuron"]
+    target = neurons["id"].iloc[5]
+    full.upsert_nodes("Neuron", pd.DataFrame({"id": [target], "density": [0.125], "n2g_f1": [0.75]}))
+    got = records(full, "MATCH (n:Neuron {id: $id}) RETURN n.density AS density, n.n2g_f1 AS f1, "
+                        "n.max_act AS max_act, n.layer AS layer, n.quantile_boundaries AS qb", {"id": target})
+    assert got[0]["density"] == 0.125 and got[0]["f1"] == 0.75
+    assert got[0]["max_act"] == neurons["max_act"].iloc[5]
+    assert got[0]["layer"] == neurons["layer"].iloc[5]
+    assert list(got[0]["qb"]) == neurons["quantile_boundaries"].iloc[5]
+    # The same for a relationship property: rank stays, logit changes.
+    row = frames["PROMOTES"].iloc[0]
+    full.upsert_rels("PROMOTES", pd.DataFrame({"src": [row["src"]], "dst": [row["dst"]], "logit": [42.0]}))
+    got = records(full, "MATCH (a:Neuron {id: $s})-[r:PROMOTES]->(b:Token {id: $d}) RETURN r.logit AS logit, "
+                        "r.`rank` AS `rank`", {"s": row["src"], "d": row["dst"]})
+    assert got == [{"logit": 42.0, "rank": row["rank"]}]
+    assert full.counts() == expected_counts(frames)
+
+
+def test_changed_values_update_in_place(full, frames):
+    acts = frames["ACTIVATES_ON"].copy()
+    acts["rank"] = acts["rank"] + 10
+    acts.loc[0, "activations"] = encode_activations([np.zeros(SNIPPET_LEN)])[0]
+    full.upsert_rels("ACTIVATES_ON", acts)
+    assert full.counts() == expected_counts(frames)
+    got = records(full, ACTS_Q)
+    assert sorted(r["rank"] for r in got) == sorted(acts["rank"].tolist())
+    first = [r for r in got if (r["src"], r["dst"]) == (acts.loc[0, "src"], acts.loc[0, "dst"])]
+    assert decode_activations(first[0]["acts"]).tolist() == [0.0] * SNIPPET_LEN
+
+
+def test_one_batch_updates_and_adds(full, frames):
+    tokens = pd.DataFrame({"id": ["tok/0", "tok/new"], "text": ["changed", "fresh"]})
+    full.upsert_nodes("Token", tokens)
+    got = records(full, "MATCH (t:Token) WHERE t.id IN ['tok/0', 'tok/new'] RETURN t.id AS id, t.text AS text, "
+                        "t.token_id AS token_id ORDER BY id")
+    assert got == [{"id": "tok/0", "text": "changed", "token_id": 0}, {"id": "tok/new", "text": "fresh", "token_id": None}]
+    row = frames["PROMOTES"].iloc[0]
+    full.upsert_rels("PROMOTES", pd.DataFrame({"src": [row["src"], row["src"]], "dst": [row["dst"], "tok/new"],
+                                               "logit": [-1.0, -2.0], "rank": [5, 6]}))
+    got = records(full, "MATCH (a:Neuron {id: $s})-[r:PROMOTES]->(b:Token) WHERE b.id IN [$d, 'tok/new'] "
+                        "RETURN b.id AS dst, r.logit AS logit, r.`rank` AS `rank` ORDER BY `rank`",
+                  {"s": row["src"], "d": row["dst"]})
+    assert got == [{"dst": row["dst"], "logit": -1.0, "rank": 5}, {"dst": "tok/new", "logit": -2.0, "rank": 6}]
+    assert full.counts()["PROMOTES"] == len(frames["PROMOTES"]) + 1
+
+
+def test_rel_key_distinguishes_relationships(full, frames):
+    row = frames["ACTIVATES_ON"].iloc[0]
+    other_kind = pd.DataFrame([{**row.to_dict(), "kind": "random", "rank": 7}])
+    full.upsert_rels("ACTIVATES_ON", other_kind)
+    full.upsert_rels("ACTIVATES_ON", other_kind)
+    got = records(full, "MATCH (a:Neuron {id: $s})-[r:ACTIVATES_ON]->(b:Snippet {id: $d}) "
+                        "RETURN r.kind AS kind, r.`rank` AS `rank` ORDER BY kind", {"s": row["src"], "d": row["dst"]})
+    assert got == [{"kind": "random", "rank": 7}, {"kind": "top", "rank": row["rank"]}]
+
+
+def test_upserts_see_rows_written_by_other_means(store_url):
+    """Rows that came from a Cypher write or an earlier session are updated, never duplicated."""
+    nodes = pd.DataFrame({"id": ["n/0/0", "n/0/1"]})
+    token = pd.DataFrame({"id": ["t/1"]})
+    with open_store(store_url, create=True) as s:
+        s.upsert_nodes("Neuron", nodes)
+        s.upsert_nodes("Token", token)
+        s.upsert_rels("PROMOTES", pd.DataFrame({"src": ["n/0/0"], "dst": ["t/1"], "logit": [1.0]}))
+        s.cypher("MATCH (a:Neuron {id: 'n/0/1'}), (b:Token {id: 't/1'}) CREATE (a)-[:PROMOTES {logit: 2.0}]->(b)",
+                 write=True)
+        s.upsert_rels("PROMOTES", pd.DataFrame({"src": ["n/0/1"], "dst": ["t/1"], "logit": [3.0]}))
+        assert s.counts()["PROMOTES"] == 2
+    with open_store(store_url) as s:
+        s.upsert_rels("PROMOTES", pd.DataFrame({"src": ["n/0/0", "n/0/1"], "dst": ["t/1", "t/1"], "logit": [4.0, 5.0]}))
+        assert records(s, PROMOTES_Q) == [{"src": "n/0/0", "dst": "t/1", "logit": 4.0, "rank": None},
+                                          {"src": "n/0/1", "dst": "t/1", "logit": 5.0, "rank": None}]
+
+
+def test_duplicate_ids_in_one_frame_last_wins(store):
+    store.upsert_nodes("Token", pd.DataFrame({"id": ["t/1", "t/2", "t/1"], "text": ["first", "two", "last"]}))
+    assert records(store, "MATCH (t:Token) RETURN t.id AS id, t.text AS text ORDER BY id") == [
+        {"id": "t/1", "text": "last"}, {"id": "t/2", "text": "two"}]
+    store.upsert_nodes("Neuron", pd.DataFrame({"id": ["n/0/0"]}))
+    store.upsert_rels("PROMOTES", pd.DataFrame({"src": ["n/0/0"] * 2, "dst": ["t/1"] * 2, "logit": [1.0, 2.0]}))
+    assert records(store, PROMOTES_Q) == [{"src": "n/0/0", "dst": "t/1", "logit": 2.0, "rank": None}]
+
+
+def test_rel_with_missing_endpoint_writes_nothing(full, frames):
+    before = (full.counts(), records(full, PROMOTES_Q))
+    good = frames["PROMOTES"].iloc[:2]
+    for bad in ({"src": "ma/9/9", "dst": "tok/1"}, {"src": "ma/0/0", "dst": "tok/999"}):
+        rows = pd.concat([good.assign(logit=100.0), pd.DataFrame([{**bad, "logit": 1.0, "rank": 0}])],
+                         ignore_index=True)
+        with pytest.raises(SchemaError) as err:
+            full.upsert_rels("PROMOTES", rows)
+        missing = bad["src"] if bad["src"] == "ma/9/9" else bad["dst"]
+        assert "PROMOTES" in str(err.value) and missing in str(err.value)
+    assert (full.counts(), records(full, PROMOTES_Q)) == before
+
+
+def test_failed_batch_leaves_store_as_before(full, frames):
+    """One batch that updates existing rows, adds new ones, then fails: none of it stays."""
+    before = (full.counts(), records(full, ACTS_Q))
+    existing = frames["ACTIVATES_ON"].iloc[:3].assign(rank=99)
+    new = frames["ACTIVATES_ON"].iloc[:2].assign(kind="random")
+    broken = frames["ACTIVATES_ON"].iloc[:1].assign(dst="tok/nowhere", kind="random")
+    with pytest.raises(SchemaError):
+        full.upsert_rels("ACTIVATES_ON", pd.concat([existing, new, broken], ignore_index=True), batch_size=100)
+    assert (full.counts(), records(full, ACTS_Q)) == before
+    # Whole batches before the failing one stay written: batches are the unit of atomicity.
+    with pytest.raises(SchemaError):
+        full.upsert_rels("ACTIVATES_ON", pd.concat([new, broken], ignore_index=True), batch_size=2)
+    assert full.counts()["ACTIVATES_ON"] == before[0]["ACTIVATES_ON"] + 2
+
+
+def test_rows_that_do_not_fit_the_schema(store):
+    with pytest.raises(SchemaError, match="no property 'colour'"):
+        store.upsert_nodes("Token", pd.DataFrame({"id": ["t/1"], "colour": ["red"]}))
+    with pytest.raises(SchemaError, match="unknown node label"):
+        store.upsert_nodes("Tokens", pd.DataFrame({"id": ["t/1"]}))
+    with pytest.raises(SchemaError, match="token_id"):
+        store.upsert_nodes("Token", pd.DataFrame({"id": ["t/1"], "token_id": ["seven"]}))
+    assert store.counts()["Token"] == 0
+
+
+# -- reading ------------------------------------------------------------------------------
+def test_cypher_with_params_returns_a_dataframe(full):
+    df = full.cypher("MATCH (n:Neuron) WHERE n.model = $m AND n.layer = $layer RETURN n.id AS id ORDER BY id",
+                     {"m": "mb", "layer": 1})
+    assert isinstance(df, pd.DataFrame)
+    assert df["id"].tolist() == [f"mb/1/{i}" for i in range(WIDTH)]
+    assert full.cypher("MATCH (n:Neuron) WHERE n.model = $m RETURN n.id AS id", {"m": "nope"}).empty
+
+
+def test_missing_parameter(full):
+    with pytest.raises(ParameterError, match="layer"):
+        full.cypher("MATCH (n:Neuron) WHERE n.layer = $layer RETURN n.id AS id")
+
+
+def test_syntax_error_is_one_line(full):
+    with pytest.raises(QueryError) as err:
+        full.cypher("MATCH (n:Neuron RETURN n")
+    assert "\n" not in str(err.value)
+    assert "syntax" in str(err.value).lower()
+
+
+def test_read_only_guard(full, frames):
+    before = full.counts()
+    with pytest.raises(ReadOnlyViolation, match="CREATE"):
+        full.cypher("CREATE (:Model {id: 'sneaky'})")
+    with pytest.raises(ReadOnlyViolation):
+        full.cypher("MATCH (n:Neuron) DETACH DELETE n")
+    assert full.counts() == before
+    # The word inside a value, a parameter or a comment writes nothing and is allowed.
+    got = full.cypher("MATCH (m:Model) WHERE m.id <> 'CREATE (x)' AND m.kind <> $k // SET\n RETURN count(*) AS c",
+                      {"k": "DELETE"})
+    assert int(got["c"].iloc[0]) == 3
+    full.cypher("CREATE (:Model {id: 'wanted'})", write=True)
+    assert full.counts()["Model"] == before["Model"] + 1
+
+
+def test_read_only_store_refuses_writes(store_url, frames):
+    with open_store(store_url, create=True) as s:
+        load(s, frames)
+    with open_store(store_url, read_only=True) as s:
+        assert s.read_only
+        with pytest.raises(ReadOnlyViolation):
+            s.upsert_nodes("Token", frames["Token"].assign(text="changed"))
+        with pytest.raises(ReadOnlyViolation):
+            s.upsert_rels("PROMOTES", frames["PROMOTES"])
+        with pytest.raises(ReadOnlyViolation):
+            s.cypher("CREATE (:Model {id: 'x'})", write=True)
+        with pytest.raises(ReadOnlyViolation):
+            s.set_meta("k", "v")
+        with pytest.raises(ReadOnlyViolation):
+            s.delete_model("ma")
+        assert s.counts() == expected_counts(frames)
+        assert len(s.cypher("MATCH (t:Token) RETURN t.id AS id")) == len(frames["Token"])
+
+
+def test_embedded_engine_itself_refuses_writes_when_read_only(tmp_path):
+    url = str(tmp_path / "kb")
+    open_store(url, create=True).close()
+    with open_store(url, read_only=True) as s:
+        # Past the lexical guard, straight to the engine: the read-only open refuses.
+        with pytest.raises(QueryError, match="read-only"):
+            s._run("CREATE (:Model {id: 'x'})", {}, write=True)
+    with open_store(url) as s:
+        # On a read-write store, reads run in a READ ONLY transaction.
+        with pytest.raises(QueryError, match="read-only"):
+            s._run("CREATE (:Model {id: 'x'})", {}, write=False)
+        assert s.counts()["Model"] == 0
+
+
+# -- deleting -----------------------------------------------------------------------------
+def test_delete_model_keeps_what_others_use(full, frames):
+    deleted = full.delete_model("ma")
+    assert {k: v for k, v in deleted.items() if v} == {
+        "Model": 1, "Neuron": 8, "Explanation": 8, "Score": 8, "N2GNode": 8, "Snippet": 2}
+    counts = full.counts()
+    want = expected_counts(frames)
+    assert counts["Model"] == 2 and counts["Neuron"] == 16
+    assert counts["Token"] == want["Token"]  # mb still uses tokenizer tok
+    assert counts["Snippet"] == want["Snippet"] - 2
+    assert counts["SIMILAR_TO"] == 0 and counts["N2G_ROOT"] == 0
+    assert counts["PROMOTES"] == want["PROMOTES"] - 24
+    left = {r["id"] for r in records(full, "MATCH (s:Snippet) RETURN s.id AS id")}
+    assert {"tok/s0", "tok/s1"}.isdisjoint(left) and {"tok/s2", "tok/s3", "tok/s4", "tok/s5"} <= left
+    assert not full.cypher("MATCH (n:Neuron) WHERE n.model = 'ma' RETURN n.id AS id").shape[0]
+    # mb's data is whole.
+    assert len(full.cypher("MATCH (n:Neuron {model: 'mb'})-[:EXPLAINED_BY]->(e)-[:HAS_SCORE]->(s) RETURN s.id AS id")) == 8
+
+
+def test_delete_model_drops_tokens_no_model_uses(full, frames):
+    deleted = full.delete_model("mc")
+    assert deleted["Token"] == N_TOK2 and deleted["Snippet"] == 3 and deleted["Neuron"] == 8
+    assert records(full, "MATCH (t:Token) WHERE t.tokenizer = 'tok2' RETURN t.id AS id") == []
+    assert full.counts()["Token"] == N_TOK
+
+
+def test_delete_unknown_model(full, frames):
+    with pytest.raises(NkbError, match="no model 'zz' in the store") as err:
+        full.delete_model("zz")
+    assert "nkb stats" in str(err.value)
+    assert full.counts() == expected_counts(frames)
