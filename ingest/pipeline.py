@@ -72,6 +72,10 @@ class IngestConfig:
             raise IngestError("no layer to ingest", "pass --layers with at least one layer, e.g. 0-5,12")
         for s in all_settings():
             s.check(self.settings[s.name])
+        if self.settings["max_memory"] is not None:
+            from ingest.memory import parse_size
+
+            parse_size(self.settings["max_memory"])
         for stage in stages:
             stage.validate(self)
         return stages
@@ -114,10 +118,14 @@ class Pipeline:
         self.cfg = cfg
         self.reporter = reporter or Reporter()
         self.windows = None
+        self.memory = None  # ingest.memory.MemoryPlan, from prepare()
         self.snippet_ids: list[str] | None = None
 
     # -- validation: nothing is written before all of this passes --------------------------
-    def prepare(self) -> "Pipeline":
+    def prepare(self, store_url: str | None = None) -> "Pipeline":
+        """Load and check the model and the corpus, and plan the run's memory (``ingest.memory``).
+        ``store_url`` tells the planner whether an embedded store's buffer pool counts (it
+        does when the URL is not given)."""
         try:
             from ingest.models import load_model, resolve_device
         except ImportError as e:
@@ -146,7 +154,23 @@ class Pipeline:
             self.windows = make_windows(corpus, self.lm.tokenizer, window=s["window"], max_tokens=s["tokens"])
             self.snippet_ids = [snippet_id(self.lm.tokenizer_id, row) for row in self.windows.token_ids]
         self.token_text = token_texts(self.lm)
+        self.memory = self._plan_memory(store_url)
         return self
+
+    def _plan_memory(self, store_url: str | None):
+        from ingest import memory
+
+        s = self.cfg.settings
+        budget = memory.parse_size(s["max_memory"]) if s["max_memory"] is not None else memory.default_budget()
+        pool = 0 if store_url is not None and config.is_server_url(store_url) else config.buffer_pool_bytes()
+        w = self.windows
+        settings = memory.Settings.of(s, n_windows=0 if w is None else len(w.token_ids),
+                                      bos=w is not None and w.bos_id is not None)
+        plan = memory.plan(memory.Shape.of(self.lm), self.layers, settings,
+                           stages={stage.name for stage in self.stages}, budget=budget, buffer_pool=pool)
+        for line in plan.describe():
+            self.reporter.note(line)
+        return plan
 
     def _check_store(self, ctx: Context) -> None:
         existing = ctx.store.cypher("MATCH (m:Model) WHERE m.id = $id RETURN m.fingerprint AS fp, m.source AS source",
@@ -186,7 +210,7 @@ class Pipeline:
     def context(self, store: Store) -> Context:
         return Context(cfg=self.cfg, store=store, lm=self.lm, model_id=self.model_id, layers=self.layers,
                        reporter=self.reporter, windows=self.windows, snippet_ids=self.snippet_ids,
-                       token_text=self.token_text)
+                       token_text=self.token_text, memory=self.memory)
 
     def run(self, store: Store) -> IngestReport:
         started = time.perf_counter()
@@ -222,7 +246,7 @@ def _layer_list(layers: list[int]) -> str:
 
 def ingest(store: Store, cfg: IngestConfig, reporter: Reporter | None = None) -> IngestReport:
     """Ingest one model into ``store`` with ``cfg``; see the module docstring for the guarantees."""
-    return Pipeline(cfg, reporter).prepare().run(store)
+    return Pipeline(cfg, reporter).prepare(store.url).run(store)
 
 
 __all__ = ["REGISTRY", "IngestConfig", "IngestReport", "Pipeline", "Reporter", "ingest", "parse_layers"]

@@ -17,6 +17,7 @@ import pandas as pd
 
 from kb import __version__, config, output, queries
 from kb.card import Card, neuron_card
+from kb.cypher import DEFAULT_TIMEOUT_S
 from kb.errors import NkbError
 from kb.ids import NeuronId
 from kb.records import decode_activations
@@ -106,9 +107,11 @@ def init(store_url: str | None) -> None:
                    "parameter's type; for Cypher text a value is read as JSON when it parses "
                    "(42, 1.5, true, null, \"text\", [1, 2]), else as text.")
 @click.option("--write", is_flag=True, help="Allow the Cypher text to change the store (read-only without it).")
+@click.option("--timeout", type=click.FloatRange(min=0, max=10**8), default=DEFAULT_TIMEOUT_S, show_default=True,
+              metavar="SECONDS", help="Cancel the query after this many seconds (0: no limit).")
 @store_option
 @format_option()
-def query(cypher: str | None, name: str | None, param_values: tuple[str, ...], write: bool,
+def query(cypher: str | None, name: str | None, param_values: tuple[str, ...], write: bool, timeout: float,
           store_url: str | None, fmt: str) -> None:
     """Run Cypher text, or a named query, and print the rows.
 
@@ -124,11 +127,11 @@ def query(cypher: str | None, name: str | None, param_values: tuple[str, ...], w
     params = _parse_params(param_values)
     if name:
         with open_store(_url(store_url), read_only=True) as store:
-            df = queries.run(store, name, params)
+            df = queries.run(store, name, params, timeout=timeout)
     else:
         typed = {k: queries.parse_value(v) for k, v in params.items()}
         with open_store(_url(store_url), read_only=not write) as store:
-            df = store.cypher(cypher, typed, write=write)
+            df = store.cypher(cypher, typed, write=write, timeout=timeout)
     _echo_rows(df, fmt)
 
 
@@ -281,6 +284,58 @@ def delete_model(model: str, yes: bool, store_url: str | None) -> None:
     click.echo(f"Deleted model {model}: {summary}")
 
 
+@cli.command(name="export")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["parquet", "neo4j-admin"]), default="parquet", show_default=True,
+              help="parquet: loads into any store with `nkb import-kb`; neo4j-admin: CSV files for "
+                   "`neo4j-admin database import full`.")
+@store_option
+def export(directory: str, fmt: str, store_url: str | None) -> None:
+    """Write the whole knowledge base to DIRECTORY (new or empty), one file per label and type."""
+    from kb.export import export_kb
+
+    with open_store(_url(store_url), read_only=True) as store, _FileBars() as bars:
+        report = export_kb(store, directory, fmt, progress=bars)
+    total = sum(report.rows.values())
+    click.echo(f"Exported {total:,d} rows in {len(report.rows)} files to {report.path} ({fmt})")
+    if fmt == "neo4j-admin":
+        click.echo(f"Load it into Neo4j with: {report.path}/import.sh (see docker/neo4j-admin-import.sh)")
+
+
+@cli.command(name="import-kb")
+@click.argument("directory", type=click.Path(file_okay=False))
+@store_option
+def import_kb(directory: str, store_url: str | None) -> None:
+    """Load a Parquet export (from `nkb export DIR`) into a store; importing twice changes nothing."""
+    from kb.export import check_export, import_kb as load
+
+    check_export(directory)  # refuse anything that is not a whole export before a store is created
+    with open_store(_url(store_url), create=True) as store, _FileBars() as bars:
+        rows = load(store, directory, progress=bars)
+    click.echo(f"Imported {sum(rows.values()):,d} rows from {directory} into {config.redact(store.url)}")
+
+
+class _FileBars:
+    """One progress bar per file for export and import (off when stderr is not a terminal)."""
+
+    def __init__(self) -> None:
+        self.bars = _Bars()
+        self.name: str | None = None
+
+    def __call__(self, name: str, n: int) -> None:
+        if name != self.name:
+            self.bars.end()
+            self.bars.begin(name, None, "row")
+            self.name = name
+        self.bars.advance(n)
+
+    def __enter__(self) -> "_FileBars":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.end()
+
+
 # -- nkb ingest -----------------------------------------------------------------------------
 # ingest.pipeline imports the model stack (torch) only inside the stages, so a query-only
 # install still runs every other command.
@@ -350,7 +405,7 @@ def ingest(model: str, store_url: str | None, layers: str | None, stages: str, n
     cfg = IngestConfig(model, name=name, layers=parse_layers(layers),
                        stages=[s.strip() for s in stages.split(",")], **settings)
     url = _url(store_url)
-    pipeline = Pipeline(cfg, _Bars()).prepare()  # validates everything before the store is touched
+    pipeline = Pipeline(cfg, _Bars()).prepare(url)  # validates everything before the store is touched
     with open_store(url, create=True) as store:
         report = pipeline.run(store)
     for stage in report.stages:

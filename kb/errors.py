@@ -59,3 +59,7 @@ class SchemaError(NkbError):
 
 class IngestError(NkbError):
     """An ingest run cannot go on (bad model, corpus, layers or store state)."""
+
+
+class QueryTimeout(QueryError):
+    """A query ran longer than its timeout and was cancelled."""

@@ -1,10 +1,10 @@
 """Latency of every named query on a synthetic knowledge base the size of SmolLM2-135M.
 
-    python scripts/bench_queries.py                    # full size, embedded engine
-    python scripts/bench_queries.py --scale 0.1        # a tenth of the neurons
-    python scripts/bench_queries.py --synthetic-store DIR   # build into DIR, or reuse it if built
-    python scripts/bench_queries.py --bolt             # also on a FalkorDB Bolt server
-    python scripts/bench_queries.py --store demo-kb    # a real ingested KB, parameters drawn from it
+    python -m scripts.bench_queries                    # full size, embedded engine
+    python -m scripts.bench_queries --scale 0.1        # a tenth of the neurons
+    python -m scripts.bench_queries --synthetic-store DIR   # build into DIR, or reuse it if built
+    python -m scripts.bench_queries --bolt             # also on a FalkorDB Bolt server
+    python -m scripts.bench_queries --store demo-kb    # a real ingested KB, parameters drawn from it
 
 Full size: 46,080 neurons (30 layers x 1536), 49,152 tokens, 10 PROMOTES + 10 SUPPRESSES +
 10 READS (5 gate, 5 up) per neuron, 20 ACTIVATES_ON records of 32 tokens per neuron, one
@@ -451,8 +451,7 @@ def main(argv: list[str] | None = None) -> None:
             url = str(Path(tmp) / "kb")
         runs.append(bench_store(url, args.scale, args, log))
         if args.bolt:
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-            from servers import FalkorDBServer  # the test suite's real Bolt server
+            from tests.servers import FalkorDBServer  # the test suite's real Bolt server (run with -m)
 
             with FalkorDBServer() as server:
                 runs.append(bench_store(server.url_for_graph("bench"), args.bolt_scale or args.scale, args, log))

@@ -29,3 +29,15 @@ def dump(store: Store) -> dict[str, list[tuple]]:
         df = store.cypher(f"MATCH (a:{rt.src})-[r:{rt.type}]->(b:{rt.dst}) RETURN a.id AS src, b.id AS dst{cols}")
         out[rt.type] = sorted(tuple(_plain(v) for v in row) for row in df.itertuples(index=False))
     return out
+
+
+def indexes(store: Store) -> list[tuple]:
+    """The engine's own list of indexes (and the constraints' backing indexes), sorted."""
+    if store.engine == "embedded":
+        df = store.cypher("CALL show_indexes() RETURN *")
+    else:
+        # On the FalkorDB test server the relay (servers.py) answers this from db.indexes().
+        from servers import SHOW_INDEXES
+
+        df = store.cypher(SHOW_INDEXES)
+    return sorted(tuple(_plain(v) for v in row) for row in df.itertuples(index=False))

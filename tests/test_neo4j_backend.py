@@ -115,7 +115,7 @@ def test_wrong_password_on_neo4j():
 def test_store_shows_only_the_redacted_url(bolt_server):
     url = _graph(bolt_server)
     with open_store(url, create=True) as s:
-        assert s.engine == "neo4j" and s.dialect == "falkordb"
+        assert s.engine == "neo4j"
         assert bolt_server.password not in repr(s) and bolt_server.password not in s.url
         assert "falkordb:***@" in s.url
 
@@ -226,22 +226,27 @@ def test_unsendable_parameter(fstore):
         fstore.cypher("RETURN $x AS x", {"x": object()})
 
 
-@pytest.mark.parametrize("dialect", ["falkordb", "neo4j"])
-def test_missing_endpoint_names_type_and_id(fstore, dialect):
-    """Both ways to find a missing endpoint: FalkorDB's look-first (it cannot roll back), and
-    Neo4j's count-then-roll-back, which on FalkorDB detects but cannot undo."""
-    fstore.dialect = dialect
-    fstore.upsert_nodes("Neuron", pd.DataFrame({"id": ["m/0/0", "m/0/1"]}))
-    fstore.upsert_nodes("Token", pd.DataFrame({"id": ["t/1", "t/2"]}))
-    rows = pd.DataFrame({"src": ["m/0/0", "m/0/1", "m/0/1"], "dst": ["t/1", "t/2", "t/404"], "logit": 1.0})
-    with pytest.raises(SchemaError) as err:
-        fstore.upsert_rels("PROMOTES", rows)
-    assert str(err.value).startswith("PROMOTES rows refer to a Token that is not in the store: 't/404'")
-    if dialect == "falkordb":
-        assert fstore.counts()["PROMOTES"] == 0
-    bad_src = rows.assign(src=["m/0/0", "m/9/9", "m/0/1"], dst="t/1")
-    with pytest.raises(SchemaError, match="refer to a Neuron that is not in the store: 'm/9/9'"):
-        fstore.upsert_rels("PROMOTES", bad_src, batch_size=1)
+@pytest.mark.parametrize("reopen", [False, True], ids=["ids-it-wrote", "ids-it-did-not"])
+def test_missing_endpoint_names_type_and_id_and_writes_nothing(bolt_server, reopen):
+    """The store looks before it writes for every endpoint it did not write itself, so a
+    batch that names a missing node sends nothing (FalkorDB could not roll it back)."""
+    url = _graph(bolt_server)
+    with open_store(url, create=True) as s:
+        s.upsert_nodes("Neuron", pd.DataFrame({"id": ["m/0/0", "m/0/1"]}))
+        s.upsert_nodes("Token", pd.DataFrame({"id": ["t/1", "t/2"]}))
+    fstore = open_store(url) if reopen else None
+    with fstore or open_store(url) as s:
+        if not reopen:
+            s.upsert_nodes("Token", pd.DataFrame({"id": ["t/1", "t/2"]}))  # known to this store now
+        before = dump(s)
+        rows = pd.DataFrame({"src": ["m/0/0", "m/0/1", "m/0/1"], "dst": ["t/1", "t/2", "t/404"], "logit": 1.0})
+        with pytest.raises(SchemaError) as err:
+            s.upsert_rels("PROMOTES", rows)
+        assert str(err.value).startswith("PROMOTES rows refer to a Token that is not in the store: 't/404'")
+        assert dump(s) == before
+        bad_src = rows.assign(src=["m/0/0", "m/9/9", "m/0/1"], dst="t/1")
+        with pytest.raises(SchemaError, match="refer to a Neuron that is not in the store: 'm/9/9'"):
+            s.upsert_rels("PROMOTES", bad_src, batch_size=1)
 
 
 def test_missing_endpoint_rolls_back_on_neo4j():
@@ -250,7 +255,6 @@ def test_missing_endpoint_rolls_back_on_neo4j():
 
     clear_neo4j(uri)
     with open_store(uri, create=True) as s:
-        assert s.dialect == "neo4j"
         s.upsert_nodes("Neuron", pd.DataFrame({"id": ["m/0/0"]}))
         s.upsert_nodes("Token", pd.DataFrame({"id": ["t/1"]}))
         with pytest.raises(SchemaError, match="'t/404'"):
@@ -291,6 +295,25 @@ def test_neo4j_refuses_writes_in_read_transactions():
         with pytest.raises(ReadOnlyViolation, match="refused a write in a read transaction"):
             s._run("CREATE (:Model {id: 'x'})", {}, write=False)
         assert s.counts()["Model"] == 0
+
+
+def test_query_timeout_is_the_transaction_timeout(fstore, bolt_server):
+    """The timeout travels as the driver's transaction timeout, which Neo4j enforces (the
+    FalkorDB test server does not, so here the relay shows what reached the server)."""
+    shim = bolt_server._shim
+    shim.tx_timeouts.clear()
+    fstore.cypher("RETURN 1 AS x", timeout=2.5)
+    fstore.cypher("RETURN 1 AS x")
+    assert shim.tx_timeouts == [2500]
+
+
+def test_query_timeout_on_neo4j():
+    uri = neo4j_uri()
+    from kb.errors import QueryTimeout
+
+    with pytest.raises(QueryTimeout, match="timeout and was cancelled"):
+        with open_store(uri, create=True) as s:
+            s.cypher("UNWIND range(1, 100000000) AS a WITH a WHERE a % 7 = 3 RETURN sum(a) AS s", timeout=0.5)
 
 
 def test_query_errors_are_one_line(fstore):
@@ -350,14 +373,11 @@ def test_every_statement_sent_is_listed(bolt_server, monkeypatch):
         s.delete_model("beta")
     with open_store(url, read_only=True) as s:
         s.get_meta("schema_version")
-    listed = set(backend.statements("falkordb"))
-    upserts = ("UNWIND $rows AS row MERGE (n:", "UNWIND $rows AS row MATCH (a:")
-    unlisted = {q for q in sent if q not in listed and not q.startswith(upserts)}
+    listed = set(backend.statements())
+    writes = ("UNWIND $rows AS row MERGE (n:", "UNWIND $rows AS row CREATE (n:", "UNWIND $rows AS row MATCH (a:")
+    unlisted = {q for q in sent if q not in listed and not q.startswith(writes)}
     assert not unlisted
-    # Everything but FalkorDB's own DDL and probe is also what Neo4j gets.
-    falkordb_only = set(backend.ddl("falkordb")) | {backend.PROBE_FALKORDB}
-    assert {q for q in sent if q in listed} - falkordb_only <= set(backend.statements("neo4j"))
-    assert {q for q in sent if q.startswith(upserts)} and any(q in falkordb_only for q in sent)
+    assert {q for q in sent if q.startswith(writes)} and set(backend.ddl()) <= set(sent)
 
 
 def test_delete_model_in_batches_of_transactions(fstore, monkeypatch):

@@ -17,7 +17,7 @@ from kb.stores import open_store
 from tinymodels import save_tiny_model
 
 NKB = str(Path(sys.executable).parent / "nkb")
-ARGS = ["--tokens", "32768", "--window", "32", "--batch-size", "2", "--checkpoint-every", "5",
+ARGS = ["--tokens", "32768", "--window", "32", "--batch-size", "2", "--checkpoint-seconds", "0.2",
         "--top-k", "5", "--random", "3", "--quantiles", "2", "--per-quantile", "1", "--lmhead-k", "3"]
 
 

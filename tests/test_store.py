@@ -9,6 +9,7 @@ files are named ``test_embedded_*`` and use a temporary directory of their own.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -634,3 +635,135 @@ def test_delete_unknown_model(full, frames):
         full.delete_model("zz")
     assert "nkb stats" in str(err.value)
     assert full.counts() == expected_counts(frames)
+
+
+# -- the write guard, judged by what the store holds ------------------------------------------
+# Every form must be refused without write=True, and leave the dump and the index list as
+# they were (on the FalkorDB test server a read transaction is not enforced, so the guard is
+# all that stands between these and the data).
+WRITES = [
+    "CREATE (:Model {id: 'sneaky'})",
+    "MERGE (:Model {id: 'sneaky'})",
+    "MATCH (n:Neuron) SET n.layer = 99",
+    "MATCH (n:Neuron) REMOVE n.layer",
+    "MATCH (n:Neuron) DELETE n",
+    "MATCH (n:Neuron) DETACH DELETE n",
+    "MATCH (n:Neuron) WITH collect(n) AS ns FOREACH (x IN ns | SET x.layer = 0)",
+    "CALL db.idx.fulltext.createNodeIndex('Neuron', 'id')",
+    "CALL db.createLabel('Sneaky')",
+    "CALL create_fts_index('Neuron', 'nkb_fts', ['kind'])",
+    "CALL threads=1",
+    "LOAD CSV FROM 'file:///etc/hostname' AS row CREATE (:Model {id: row[0]})",
+    "LOAD FROM '/etc/hostname' RETURN *",
+    "COPY Model FROM '/etc/hostname'",
+    "/*x*/CREATE (:Model {id: 'sneaky'})",
+    "MATCH (n:Neuron) /* a comment */ SeT n.layer = 1",
+    "mErGe (:Model {id: 'sneaky'})",
+    "MATCH (n:Neuron)\n// SET in a comment, then the real one\nDeTaCh\nDeLeTe n",
+    "CALL { CREATE (:Model {id: 'sneaky'}) } RETURN 1 AS one",
+    "RETURN 1 AS one; CREATE (:Model {id: 'sneaky'})",
+    "MATCH (n:Model) WITH n, n.id AS set SET n.kind = set",
+    "RETURN 1 AS x; COMMIT",
+    "CREATE INDEX FOR (n:Neuron) ON (n.kind)",
+    "DROP INDEX nkb_neuron_model",
+]
+
+
+def test_read_only_refuses_every_write_form(full):
+    from dump import dump, indexes
+
+    before = (dump(full), indexes(full))
+    for text in WRITES:
+        with pytest.raises(ReadOnlyViolation) as err:
+            full.cypher(text)
+        assert "\n" not in str(err.value) and "--write" in str(err.value)
+        assert (dump(full), indexes(full)) == before, text
+
+
+@pytest.mark.parametrize("text, params", [
+    ("RETURN $create AS x", {"create": 1}),
+    ("MATCH (n:Neuron) RETURN n.id AS load LIMIT 1", {}),
+    ("MATCH (n:Neuron) RETURN n.layer AS set, n.id AS `delete` LIMIT 1", {}),
+    ("RETURN {merge: 1, remove: 2} AS m", {}),
+    ("MATCH (n:Neuron) WHERE n.kind = 'CREATE' // DETACH DELETE\n RETURN count(*) AS c", {}),
+])
+def test_keywords_as_names_are_not_writes(full, text, params):
+    """The guard judges statements, not words: an alias, property, parameter or map key named
+    like a write keyword passes it (an engine may still find the name bad Cypher)."""
+    try:
+        full.cypher(text, params)
+    except ReadOnlyViolation:
+        pytest.fail(f"refused a read: {text}")
+    except QueryError:
+        pass  # LadybugDB, say, takes no $create: a syntax error, not a refusal
+
+
+def test_read_only_procedures_are_allowed(full):
+    if full.engine == "embedded":
+        assert "Neuron" in set(full.cypher("CALL show_tables() RETURN name")["name"])
+    else:
+        assert "Neuron" in set(full.cypher("CALL db.labels() YIELD label RETURN label")["label"])
+
+
+@pytest.mark.parametrize("text, words", [
+    ("RETURN " + "(" * 20_000 + "1" + ")" * 20_000, "nests brackets 20000 levels deep; the limit is 32"),
+    ("RETURN " + "+".join(["1"] * 30_000), "has 29,999 operators; the limit is 1,000"),
+    ("RETURN 1 AS x //" + "x" * 200_000, "characters long; the limit is 100,000"),
+    ("RETURN 'a\udcff' AS x", "not valid UTF-8: the byte 0xff at character 10"),
+])
+def test_text_the_parser_would_choke_on_is_refused_at_once(store, text, words):
+    with pytest.raises(QueryError) as err:
+        store.cypher(text)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"x": 2**63}, "parameter $x is 9223372036854775808, outside the 64-bit integer range"),
+    ({"x": [1, -(2**63) - 1]}, "outside the 64-bit integer range"),
+    ({"x": "a\udcff"}, "parameter $x is not valid UTF-8 text"),
+    ({"x": object()}, "parameter $x is a object, which no engine can take"),
+])
+def test_parameters_no_engine_can_take(store, params, words):
+    with pytest.raises(ParameterError) as err:
+        store.cypher("RETURN $x AS x", params)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_embedded_parameters_it_cannot_type(embedded_store):
+    for value, words in (([], "is an empty list"), ([None], "a list of nulls only"), ([[]], "is an empty list"),
+                         ([1, "a", None], "mixes numbers and text"), ([True, 1], "mixes booleans and numbers")):
+        with pytest.raises(ParameterError) as err:
+            embedded_store.cypher("RETURN $x AS x", {"x": value})
+        assert words in str(err.value) and "\n" not in str(err.value)
+    assert embedded_store.cypher("RETURN $x AS x", {"x": [1, 2.5]})["x"].iloc[0] == [1.0, 2.5]
+
+
+def test_embedded_engine_messages_are_whole_lines(embedded_store):
+    with pytest.raises(QueryError) as err:
+        embedded_store.cypher("RETURN substring('a') AS s")
+    message = str(err.value)
+    assert "did not receive correct arguments" in message and "Expected: (STRING,INT64,INT64)" in message
+    assert "\n" not in message
+
+
+SLOW = "UNWIND range(1, 3000) AS a UNWIND range(1, 3000) AS b WITH a * b AS x WHERE x % 7 = 3 RETURN sum(x) AS s"
+
+
+def test_embedded_query_timeout_cancels_and_the_store_goes_on(embedded_store):
+    from kb.errors import QueryTimeout
+
+    start = time.perf_counter()
+    with pytest.raises(QueryTimeout, match=r"ran longer than its 0\.2 s timeout and was cancelled"):
+        embedded_store.cypher(SLOW, timeout=0.2)
+    assert time.perf_counter() - start < 20
+    # The connection is usable, with no timeout left behind, and a write still commits.
+    assert int(embedded_store.cypher(SLOW.replace("3000", "300"))["s"].iloc[0]) > 0
+    embedded_store.cypher("CREATE (:Model {id: 'after'})", write=True)
+    assert embedded_store.counts()["Model"] == 1
+
+
+def test_timeout_must_be_a_positive_number(store):
+    for bad in (-1, float("nan"), float("inf"), "5", True):
+        with pytest.raises(ParameterError, match="timeout must be a positive number of seconds"):
+            store.cypher("RETURN 1 AS x", timeout=bad)
+    assert store.cypher("RETURN 1 AS x", timeout=0)["x"].tolist() == [1]

@@ -20,6 +20,9 @@ PIPELINE_SETTINGS: tuple[Setting, ...] = (
     Setting("device", "cpu", "cpu, cuda, cuda:N or auto.", type=str, output=False),
     Setting("dtype", "float32", "Model weights and activations dtype.", type=str,
             choices=("float32", "bfloat16", "float16"), output=False),
+    Setting("max_memory", None, "Memory the run may use, e.g. 4G (default: what it holds when it starts plus 80% "
+            "of the memory still available). The estimate is printed; past it the activation pass runs in groups "
+            "of layers.", type=str, output=False),
 )
 
 
@@ -84,6 +87,7 @@ def default_stages() -> list[str]:
 
 def resolve(names: list[str]) -> list[Stage]:
     """The named stages ('all' for every default one), in dependency order; the model stage always runs."""
+    names = [name.strip() for name in names if name.strip()]
     unknown = [name for name in names if name != "all" and name not in REGISTRY]
     if unknown:
         raise IngestError(f"unknown stage(s): {', '.join(unknown)}", f"stages: all, {', '.join(REGISTRY)}")

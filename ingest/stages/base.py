@@ -125,6 +125,7 @@ class Context:
     windows: Any = None  # ingest.corpus.Windows when a requested stage uses the corpus
     snippet_ids: list[str] | None = None
     token_text: list[str] | None = None
+    memory: Any = None  # ingest.memory.MemoryPlan: LM-head chunk and layer groups within the budget
 
     def marker(self, stage: str, layer: int) -> str:
         return done_marker(self.model_id, stage, layer)

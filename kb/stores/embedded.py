@@ -34,10 +34,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kb import config, schema
+from kb.cypher import quote as _q
 from kb.errors import (
     NkbError,
     ParameterError,
     QueryError,
+    QueryTimeout,
     SchemaError,
     StoreCorrupt,
     StoreNotFound,
@@ -68,11 +70,6 @@ _CHECKPOINT_FAILED = "post-commit checkpoint failed"
 _RECOVERY_PENDING = "checkpoint recovery is pending"
 
 
-def _q(name: str) -> str:
-    """A quoted identifier: many of our property names (rank, max, index...) are Cypher words."""
-    return "`" + name.replace("`", "``") + "`"
-
-
 def _var(prop: str) -> str:
     """The LOAD FROM column carrying ``prop``; prefixed so it can clash with no keyword or pattern variable."""
     return _q("_p_" + prop)
@@ -99,8 +96,23 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _query_error(err: RuntimeError) -> NkbError:
-    line = _first_line(err)
+def _one_line(err: BaseException) -> str:
+    """The engine's message in one line. Some run over several ("Function X did not receive
+    correct arguments:" then the types); a parser error ends with the query and a caret
+    line, which say nothing the first line does not."""
+    lines = []
+    for line in str(err).strip().splitlines():
+        if line.startswith('"') or (line.strip() and not line.strip("^ ")):
+            break
+        lines.append(" ".join(line.split()))
+    return " ".join(part for part in lines if part) or type(err).__name__
+
+
+def _query_error(err: RuntimeError, timeout: float | None = None) -> NkbError:
+    line = _one_line(err)
+    if line == "Interrupted." and timeout is not None:
+        return QueryTimeout(f"the query ran longer than its {timeout:g} s timeout and was cancelled",
+                            "pass a longer --timeout (or timeout=), or narrow the query with LIMIT or a WHERE")
     kind, _, rest = line.partition(": ")
     if kind == "Parser exception":
         line = f"Cypher syntax error: {rest}"
@@ -111,13 +123,29 @@ def _query_error(err: RuntimeError) -> NkbError:
     return QueryError(line)
 
 
-def _param_value(value: Any) -> Any:
-    # The engine binds Python scalars and lists; numpy values arrive from frames all the time.
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
+def _check_param(name: str, value: Any) -> None:
+    """Refuse list parameters LadybugDB cannot type: it infers a list's type from its items,
+    so an empty list (or one of nulls) fails with "This should not happen", and one that
+    mixes types fails with a Python conversion error."""
+    if isinstance(value, dict):
+        for v in value.values():
+            _check_param(name, v)
+    if not isinstance(value, list):
+        return
+    items = [v for v in value if v is not None]
+    if not items:
+        raise ParameterError(f"parameter ${name} is {'an empty list' if not value else 'a list of nulls only'}, "
+                             "whose item type the embedded engine cannot tell",
+                             "give at least one item that is not null, or pass null instead of the list")
+    kinds = {_KINDS.get(type(v), type(v).__name__) for v in items}
+    if len(kinds) > 1:
+        raise ParameterError(f"parameter ${name} is a list that mixes {' and '.join(sorted(kinds))}; "
+                             "the embedded engine needs one type per list", "pass items of one type")
+    for v in items:
+        _check_param(name, v)
+
+
+_KINDS = {bool: "booleans", int: "numbers", float: "numbers", str: "text", list: "lists", dict: "maps"}
 
 
 def _column(owner: str, prop: schema.Prop, values: pd.Series) -> pa.Array:
@@ -496,49 +524,37 @@ class EmbeddedStore(Store):
                 differs |= _differs(cols[p.name].take(take), _as_array(old["_p_" + p.name]))
         return np.flatnonzero(is_new), np.unique(found[differs])
 
-    def delete_model(self, model_id: str) -> dict[str, int]:
-        self._check_writable()
-        self._sources_written.clear()
-        deleted = {nt.label: 0 for nt in schema.NODES}
-        p = {"m": model_id}
+    # -- deleting (the steps are the base class's) ---------------------------------------
+    # One transaction holds the whole delete, so nothing is gained by small batches.
+    delete_batch_size = 2**62
+
+    @contextmanager
+    def _deleting(self, model_id: str) -> Iterator[None]:
         try:
             with self._transaction():
-                found = self._execute("MATCH (m:Model {id: $m}) RETURN m.tokenizer", p).get_all()
-                if not found:
-                    raise NkbError(f"no model {model_id!r} in the store", "list the models with: nkb stats")
-                tokenizer = found[0][0]
-                # Snippets are shared between models: only those this model's neurons point
-                # at can become orphans by deleting it.
-                snippets = self._table("MATCH (n:Neuron {model: $m})-[:ACTIVATES_ON]->(s:Snippet) "
-                                       "RETURN DISTINCT s.id AS _id", p)
-                for nt in schema.NODES:
-                    if nt.model_prop:
-                        deleted[nt.label] = int(self._scalar(
-                            f"MATCH (n:{_q(nt.label)}) WHERE n.{_q(nt.model_prop)} = $m DETACH DELETE n RETURN count(*)", p))
-                deleted["Model"] = int(self._scalar("MATCH (m:Model {id: $m}) DETACH DELETE m RETURN count(*)", p))
-                orphan = "WHERE NOT EXISTS { MATCH (s)<-[:ACTIVATES_ON]-() } DETACH DELETE s RETURN count(*)"
-                if snippets.num_rows:
-                    deleted["Snippet"] = int(self._scalar(f"LOAD FROM $ids MATCH (s:Snippet {{id: _id}}) {orphan}",
-                                                          {"ids": snippets}))
-                if tokenizer is not None and not self._scalar(
-                        "MATCH (m:Model) WHERE m.tokenizer = $t RETURN count(*)", {"t": tokenizer}):
-                    t = {"t": tokenizer}
-                    deleted["Token"] = int(self._scalar(
-                        "MATCH (t:Token) WHERE t.tokenizer = $t DETACH DELETE t RETURN count(*)", t))
-                    # No model reads this tokenizer any more, so its unattached snippets
-                    # (say, from an ingest killed before its records) can never be used.
-                    deleted["Snippet"] += int(self._scalar(f"MATCH (s:Snippet {{tokenizer: $t}}) {orphan}", t))
+                yield
         except RuntimeError as e:
             raise NkbError(f"deleting model {model_id!r} failed: {_first_line(e)}",
                            "nothing was deleted; the store is as it was") from None
-        return deleted
+
+    def _rows(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
+        return self._execute(query, params).get_all()
+
+    def _write_rows(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
+        return self._execute(query, params).get_all()
+
+    def _forget_written(self) -> None:
+        self._sources_written.clear()
 
     # -- reading ------------------------------------------------------------------------
-    def _run(self, query: str, params: dict[str, Any], *, write: bool) -> pd.DataFrame:
-        params = {k: _param_value(v) for k, v in params.items()}
+    def _run(self, query: str, params: dict[str, Any], *, write: bool, timeout: float | None = None) -> pd.DataFrame:
+        for name, value in params.items():
+            _check_param(name, value)
+        # LadybugDB checks the timeout while it executes and interrupts the query; the
+        # connection stays usable, and a read's transaction is rolled back with it.
+        self.conn.set_query_timeout(0 if timeout is None else max(1, round(timeout * 1000)))
         try:
             if write:
-                self._sources_written.clear()
                 return self._result(self._execute(query, params))
             # The base class has already refused writing clauses by reading the text. A
             # READ ONLY transaction makes the engine refuse them too, so a write the lexical
@@ -547,7 +563,10 @@ class EmbeddedStore(Store):
             with self._transaction(read_only=True):
                 return self._result(self._execute(query, params))
         except RuntimeError as e:
-            raise _query_error(e) from None
+            raise _query_error(e, timeout) from None
+        finally:
+            if self._conn is not None:
+                self._conn.set_query_timeout(0)
 
     @staticmethod
     def _result(result: Any) -> pd.DataFrame:
@@ -555,11 +574,6 @@ class EmbeddedStore(Store):
         if isinstance(result, list):
             result = result[-1]
         return result.get_as_df()
-
-    def counts(self) -> dict[str, int]:
-        out = {nt.label: self._node_count(nt.label) for nt in schema.NODES}
-        out.update({rt.type: self._rel_count(rt.type) for rt in schema.RELS})
-        return out
 
     def artifact_dir(self) -> Path:
         return self.path / "artifacts"
