@@ -260,7 +260,7 @@ def test_embedded_store_is_a_directory_with_room_beside_the_graph(tmp_path):
 
 def _pool_mb(store) -> int:
     """The buffer pool the engine itself reports (not what we asked for)."""
-    return int(store.cypher("CALL bm_info() RETURN mem_limit AS m")["m"][0]) // 2**20
+    return int(store._scalar("CALL bm_info() RETURN mem_limit")) // 2**20
 
 
 def test_embedded_buffer_pool_setting_is_applied(tmp_path, monkeypatch):
