@@ -8,10 +8,15 @@ to the knowledge base but not in the graph (FAISS indexes, ingest checkpoints)::
     <store>/graph.lbug      the graph (LadybugDB keeps its log and lock files beside it)
     <store>/artifacts/      files beside the graph: ingest checkpoints, vector indexes
 
-Writes take the bulk path. In each batch, rows whose key is new are ``COPY``-ed; rows whose
-key exists are compared with what is stored and only those that differ are ``SET``. A
-batch is atomic, so a failed batch leaves the store as it was, and writing the same rows
-twice writes nothing the second time.
+Writes take the bulk path. In each batch, rows whose key is new are ``COPY``-ed (or, for a
+node table that already holds rows, ``CREATE``-d); rows whose key exists are compared with
+what is stored and only those that differ are ``SET``. A batch is atomic, so a failed batch
+leaves the store as it was, and writing the same rows twice writes nothing the second time.
+The one exception is LadybugDB failing in the checkpoint after a commit: see
+``EmbeddedStore._write_failed``.
+
+The engine's buffer pool is set from ``kb.config.buffer_pool_bytes()``: LadybugDB's own
+default is most of the machine's memory.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kb import schema
+from kb import config, schema
 from kb.cypher import quote as _q
 from kb.errors import (
     NkbError,
@@ -60,6 +65,9 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 
 _MISSING_KEY = re.compile(r"Unable to find primary key value (.*)\.$")
 _NO_TRANSACTION = "No active transaction"
+_OUT_OF_POOL = "The buffer pool is full"
+_CHECKPOINT_FAILED = "post-commit checkpoint failed"
+_RECOVERY_PENDING = "checkpoint recovery is pending"
 
 
 def _var(prop: str) -> str:
@@ -286,7 +294,7 @@ class EmbeddedStore(Store):
     # -- opening ------------------------------------------------------------------------
     def _connect(self, *, read_only: bool) -> tuple[lb.Database, lb.Connection]:
         try:
-            db = lb.Database(str(self.graph_path), read_only=read_only)
+            db = lb.Database(str(self.graph_path), read_only=read_only, buffer_pool_size=config.buffer_pool_bytes())
             return db, lb.Connection(db)
         except RuntimeError as e:
             line = _first_line(e)
@@ -300,7 +308,18 @@ class EmbeddedStore(Store):
     def _open(self) -> None:
         # Validate through a read-only handle first: a read-write open rewrites the file
         # header even when nothing else changes, and a store we refuse must stay untouched.
-        db, conn = self._connect(read_only=True)
+        # A store whose last checkpoint failed (see _write_failed) opens read-write only:
+        # that open replays the log and finishes the checkpoint.
+        try:
+            db, conn = self._connect(read_only=True)
+        except StoreCorrupt as e:
+            if _RECOVERY_PENDING not in str(e):
+                raise
+            if self.read_only:
+                raise StoreCorrupt(f"the knowledge base at {self.url} has a checkpoint to finish and cannot be "
+                                   "opened read-only until then",
+                                   "open it once for writing (e.g. run the interrupted nkb ingest again)") from None
+            db, conn = self._connect(read_only=False)
         try:
             self._validate(conn)
         except NkbError:
@@ -429,7 +448,8 @@ class EmbeddedStore(Store):
         match = f"MATCH (n:{label} {{{_q(pk)}: {_var(pk)}}})"
         try:
             new, changed = np.arange(len(ids)), np.array([], dtype=np.int64)
-            if self._node_count(nt.label):
+            filled = bool(self._node_count(nt.label))
+            if filled:
                 keys = pa.table({"_row": pa.array(np.arange(len(ids))), "_p_" + pk: ids})
                 got = "".join(f", n.{_q(p.name)} AS {_var(p.name)}" for p in values)
                 old = self._table(f"LOAD FROM $keys {match} RETURN _row{got}", {"keys": keys})
@@ -440,15 +460,23 @@ class EmbeddedStore(Store):
                 rows = pa.table({"_p_" + p.name: cols[p.name].take(take) for p in present})
                 sets = ", ".join(f"n.{_q(p.name)} = {_var(p.name)}" for p in values)
                 writes.append((f"LOAD FROM $rows {match} SET {sets}", {"rows": rows}))
-            if len(new):
-                take = None if len(new) == len(ids) else pa.array(new)
-                rows = pa.table({p.name: (cols[p.name] if take is None else cols[p.name].take(take))
-                                 if p.name in cols else pa.nulls(len(new), ARROW_TYPES[p.type]) for p in nt.props})
+            if len(new) and filled:
+                # Every COPY into a node table pins about 16 MB of the buffer pool (the
+                # primary-key index's pages) until the database is closed, whatever its size
+                # (LadybugDB 0.22: 100 rows or 4,000 alike, CHECKPOINT does not free it), so
+                # thirty per-layer COPYs held half a gigabyte. CREATE from the same frame
+                # pins nothing; only a table's first batch, the big one, takes COPY.
+                take = pa.array(new)
+                rows = pa.table({"_p_" + p.name: cols[p.name].take(take) for p in present})
+                props = ", ".join(f"{_q(p.name)}: {_var(p.name)}" for p in present)
+                writes.append((f"LOAD FROM $rows CREATE (n:{label} {{{props}}})", {"rows": rows}))
+            elif len(new):
+                rows = pa.table({p.name: cols[p.name] if p.name in cols else pa.nulls(len(new), ARROW_TYPES[p.type])
+                                 for p in nt.props})
                 writes.append((f"COPY {label} FROM $rows", {"rows": rows}))
             self._write(writes)
         except RuntimeError as e:
-            raise NkbError(f"writing {len(ids)} {nt.label} rows failed: {_first_line(e)}",
-                           "the batch was rolled back; the store is as it was") from None
+            raise self._write_failed(e, len(ids), nt.label) from None
 
     def _upsert_rels_batch(self, rt: schema.RelType, df: pd.DataFrame) -> None:
         src = _column(rt.type, schema.Prop("src", schema.STRING), df["src"])
@@ -491,8 +519,27 @@ class EmbeddedStore(Store):
                 raise SchemaError(f"{rt.type} rows refer to a {label} that is not in the store: {missing!r}",
                                   f"write the {label} nodes before their {rt.type} relationships; "
                                   "the batch was rolled back") from None
-            raise NkbError(f"writing {len(src)} {rt.type} rows failed: {_first_line(e)}",
-                           "the batch was rolled back; the store is as it was") from None
+            raise self._write_failed(e, len(src), rt.type) from None
+
+    def _write_failed(self, err: RuntimeError, n: int, name: str) -> NkbError:
+        """The error for a batch the engine refused, saying what is true of the store afterwards."""
+        line = _first_line(err)
+        more = ""
+        if _OUT_OF_POOL in line:
+            more = (f"; raise LadybugDB's buffer pool (now {config.buffer_pool_bytes() // 2**20} MB) with "
+                    f"{config.BUFFER_POOL_ENV}=MB or buffer_pool_mb in {config.config_path()}")
+        if _CHECKPOINT_FAILED in line:
+            # LadybugDB reports the transaction committed and durable, yet (0.22, tested in
+            # test_embedded_pool_full_after_commit) reopening the store can come back without
+            # the batch. So this handle's view may not be what is on disk: close it, so nothing
+            # more is read or written through it, and promise only what held in that test.
+            self.close()
+            return NkbError(f"writing {n} {name} rows failed after LadybugDB committed them: {line}",
+                            "the batches before this one are stored; this one may be missing when the store "
+                            "is opened again; run the same command again (writes are idempotent, ingest "
+                            "resumes)" + more)
+        return NkbError(f"writing {n} {name} rows failed: {line}",
+                        "the batch was rolled back; the store is as it was" + more)
 
     def _stored_rels(self, rt: schema.RelType, src: pa.Array, values: list[schema.Prop]) -> pa.Table | None:
         """Every stored relationship of this type leaving the batch's sources (None: there are none)."""
