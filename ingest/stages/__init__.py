@@ -13,7 +13,7 @@ from ingest.stages.base import Context, Setting, Stage, StageReport, digest, don
 from kb.errors import IngestError
 
 # Modules holding one stage each. Order breaks ties between stages that do not depend on each other.
-_MODULES = ("model", "lmhead", "activations")
+_MODULES = ("model", "lmhead", "activations", "embed", "tokens", "similar", "match")
 
 # Options of the pipeline itself (how the model runs), shared by every stage.
 PIPELINE_SETTINGS: tuple[Setting, ...] = (
