@@ -103,6 +103,9 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _hint_embed(model: str, kind: str) -> str:
+    if kind == "explanation":
+        return (f"write explanations first (the stage that explains neurons), then embed them: nkb index {model} --update"
+                f" (or nkb ingest {model} --stages embed)")
     extra = " --embed-activation-tokens 1024" if kind == "activations" else ""
     return f"run: nkb ingest {model} --stages embed{extra}"
 
