@@ -438,6 +438,58 @@ def index(model: str, rebuild: bool, index_type: str | None, update: bool, text_
     _echo_rows(df, fmt)
 
 
+@cli.command(name="export")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["parquet", "neo4j-admin"]), default="parquet", show_default=True,
+              help="parquet: loads into any store with `nkb import-kb`; neo4j-admin: CSV files for "
+                   "`neo4j-admin database import full`.")
+@store_option
+def export(directory: str, fmt: str, store_url: str | None) -> None:
+    """Write the whole knowledge base to DIRECTORY (new or empty), one file per label and type."""
+    from kb.export import export_kb
+
+    with open_store(_url(store_url), read_only=True) as store, _FileBars() as bars:
+        report = export_kb(store, directory, fmt, progress=bars)
+    total = sum(report.rows.values())
+    click.echo(f"Exported {total:,d} rows in {len(report.rows)} files to {report.path} ({fmt})")
+    if fmt == "neo4j-admin":
+        click.echo(f"Load it into Neo4j with: {report.path}/import.sh (see docker/neo4j-admin-import.sh)")
+
+
+@cli.command(name="import-kb")
+@click.argument("directory", type=click.Path(file_okay=False))
+@store_option
+def import_kb(directory: str, store_url: str | None) -> None:
+    """Load a Parquet export (from `nkb export DIR`) into a store; importing twice changes nothing."""
+    from kb.export import check_export, import_kb as load
+
+    check_export(directory)  # refuse anything that is not a whole export before a store is created
+    with open_store(_url(store_url), create=True) as store, _FileBars() as bars:
+        rows = load(store, directory, progress=bars)
+    click.echo(f"Imported {sum(rows.values()):,d} rows from {directory} into {config.redact(store.url)}")
+
+
+class _FileBars:
+    """One progress bar per file for export and import (off when stderr is not a terminal)."""
+
+    def __init__(self) -> None:
+        self.bars = _Bars()
+        self.name: str | None = None
+
+    def __call__(self, name: str, n: int) -> None:
+        if name != self.name:
+            self.bars.end()
+            self.bars.begin(name, None, "row")
+            self.name = name
+        self.bars.advance(n)
+
+    def __enter__(self) -> "_FileBars":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.end()
+
+
 # -- nkb ingest -----------------------------------------------------------------------------
 # ingest.pipeline imports the model stack (torch) only inside the stages, so a query-only
 # install still runs every other command.

@@ -84,6 +84,7 @@ def default_stages() -> list[str]:
 
 def resolve(names: list[str]) -> list[Stage]:
     """The named stages ('all' for every default one), in dependency order; the model stage always runs."""
+    names = [name.strip() for name in names if name.strip()]
     unknown = [name for name in names if name != "all" and name not in REGISTRY]
     if unknown:
         raise IngestError(f"unknown stage(s): {', '.join(unknown)}", f"stages: all, {', '.join(REGISTRY)}")
