@@ -391,3 +391,30 @@ def test_match_command_writes_edges_summary_and_plot(explained, tmp_path):
     assert n == 96
     proc = nkb("match", "tiny", "--adjacent", "--plot", str(tmp_path / "m.txt"), "--store", url, ok=False)
     assert proc.returncode == 2 and not (tmp_path / "m.txt").exists()
+
+
+@pytest.mark.slow
+def test_search_similar_and_fires_on_the_bundled_model(tmp_path):
+    """The real SmolLM2 (two layers): similar by weights, search by meaning, fires on a text."""
+    from ingest.fires import fires
+
+    url = str(tmp_path / "kb")
+    with open_store(url, create=True) as store:
+        ingest(store, IngestConfig(model="smollm2-135m", layers=[28, 29], stages=["activations", "embed", "tokens"],
+                                   tokens=2048, window=64, token_k=3))
+        store.upsert_nodes("Explanation", pd.DataFrame({"id": ["smollm2-135m/29/808/test/manual", "smollm2-135m/28/1/test/manual"],
+                                                         "neuron": ["smollm2-135m/29/808", "smollm2-135m/28/1"],
+                                                         "model": "smollm2-135m",
+                                                         "text": ["dogs, cats and other pets", "closing parentheses in code"]}))
+        store.upsert_rels("EXPLAINED_BY", pd.DataFrame({"src": ["smollm2-135m/29/808", "smollm2-135m/28/1"],
+                                                         "dst": ["smollm2-135m/29/808/test/manual", "smollm2-135m/28/1/test/manual"]}))
+        vectors.embed_explanations(store, "smollm2-135m")
+    with open_store(url, read_only=True) as store:
+        assert vectors.search(store, "a puppy", k=1)["neuron"].tolist() == ["smollm2-135m/29/808"]
+        sim = vectors.similar(store, "smollm2-135m/29/808", k=5)
+        assert len(sim) == 5 and (sim["layer"] == 28).all() and sim["score"].is_monotonic_decreasing
+        # ' dog' is in neuron 29/808's own top 10 (README); the token side now finds it too, ranked by logit.
+        dog = vectors.token_neurons(store, " dog", model="smollm2-135m", k=3)
+        assert len(dog) == 3 and dog["token_rank"].notna().all() and dog["logit"].is_monotonic_decreasing
+        df = fires(store, "My dog and my cat sleep on the sofa.", k=10)
+        assert len(df) == 10 and df["ratio"].is_monotonic_decreasing and (df["ratio"] > 0).all()
