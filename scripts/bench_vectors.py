@@ -11,7 +11,8 @@ Measures, in-process:
 - mean matched similarity (weights_out) of the bundled model by layer distance.
 
 The baseline for ratios is a plain numpy brute-force search measured in the same run.
-Usage: python scripts/bench_vectors.py [--quick]  (--quick: 100k synthetic vectors, fewer pairs)
+Usage: python scripts/bench_vectors.py [--quick]  (--quick: 200k synthetic vectors, fewer pairs)
+Results are written after every section, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ def main() -> None:
     res: dict = {"machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version()},
                  "note": "2-core machine shared with other engineers' jobs (load average above): absolute times are "
                          "inflated; compare the ratios measured in the same run"}
+    def save() -> None:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+
+    res["quick"] = args.quick
     texts = ["dogs and cats", "python source code", "numbers in a list", "the word 'the'", "closing brackets",
              "French words", "past tense verbs", "mathematical notation", "names of cities", "emotions"]
     embed_texts(texts)  # load the text model once
@@ -83,7 +89,8 @@ def main() -> None:
     for row in q:
         np.argsort(-(x @ row))[:10]
     res["search_46080_numpy_baseline_ms"] = round((time.perf_counter() - t0) / len(q) * 1000, 2)
-    n_big = 100_000 if args.quick else 1_000_000
+    save()
+    n_big = 200_000 if args.quick else 1_000_000
     big = clustered(n_big, 384, seed=1)
     t0 = time.perf_counter()
     bidx = vectors.build_index(big)
@@ -96,6 +103,7 @@ def main() -> None:
                                    "recall_at_10": round(recall, 3), **search_latency(bidx, texts, embed_texts)}
     del big, bidx
 
+    save()
     # 2. Hungarian.
     rng = np.random.default_rng(0)
     a = clustered(1536, 576, seed=2)
@@ -109,6 +117,7 @@ def main() -> None:
     _, _, sims = solve_sparse(a, b, k=16)
     res["hungarian_sparse_16384_s"] = round(time.perf_counter() - t0, 3)
 
+    save()
     # 3. The bundled model: similar latency, edge compute, matching by layer distance.
     import torch
 
@@ -133,6 +142,7 @@ def main() -> None:
     for s in range(0, len(w_out), 4096):
         widx.search(w_out[s:s + 4096], 11)
     res["similar_edges_knn_compute_s_per_method"] = round(time.perf_counter() - t0, 1)
+    save()
     t0 = time.perf_counter()
     dirs = reverse_directions(ad, layers)
     unembed = ad.unembed()
@@ -140,6 +150,7 @@ def main() -> None:
         top_neurons(unembed, w, 10, both=rel == "PROMOTES")
     res["token_edges_compute_s"] = round(time.perf_counter() - t0, 1)
 
+    save()
     per_layer = [w_out[la * ad.d_mlp:(la + 1) * ad.d_mlp] for la in layers]
     distances = [1, 2, 4, 8, 16, 29] if not args.quick else [1, 8, 29]
     rows = []
@@ -155,8 +166,7 @@ def main() -> None:
     res["matching_mean_by_distance"] = {d: round(float(np.mean(v)), 4) for d, v in by_d.items()}
     res["delphi_finding"] = ("delphi reports that SAE latents of adjacent layers match closely under a Hungarian "
                              "assignment, and less so as layers are further apart")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    save()
     print(json.dumps(res, indent=2))
 
 
