@@ -364,6 +364,163 @@ def delete_model(model: str, yes: bool, store_url: str | None) -> None:
     click.echo(f"Deleted model {model}: {summary}")
 
 
+# -- vectors: search, similar, fires, match, index -------------------------------------------
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--model", help="Only this model.")
+@click.option("--layers", metavar="LIST", help="Only these layers, e.g. 3-7 or 1,4.")
+@click.option("--min-score", type=float, help="Only neurons whose explanation is at least this similar (cosine).")
+@click.option("--promotes", "promotes", metavar="TOKEN", help="Instead: the neurons that most promote TOKEN (exact text, leading space included).")
+@click.option("--suppresses", "suppresses", metavar="TOKEN", help="Instead: the neurons that most suppress TOKEN.")
+@click.option("--reads", "reads", metavar="TOKEN", help="Instead: the neurons whose input weights read TOKEN most.")
+@click.option("--k", "k", type=int, default=20, show_default=True, help="Neurons to return.")
+@store_option
+@format_option()
+def search(text: str | None, model: str | None, layers: str | None, min_score: float | None, promotes: str | None,
+           suppresses: str | None, reads: str | None, k: int, store_url: str | None, fmt: str) -> None:
+    """Find neurons: by the meaning of their explanations, or by a token they promote, suppress or read.
+
+    \b
+    Examples:
+      nkb search "dogs and other pets" --layers 20-29
+      nkb search --promotes " dog" --k 10
+    """
+    from kb import vectors
+
+    by_token = {name: value for name, value in (("promotes", promotes), ("suppresses", suppresses), ("reads", reads))
+                if value is not None}
+    if len(by_token) + (text is not None) != 1:
+        raise click.UsageError("give TEXT, or one of --promotes / --suppresses / --reads TOKEN")
+    with open_store(_url(store_url), read_only=True) as store:
+        if by_token:
+            (relation, token), = by_token.items()
+            if layers is not None or min_score is not None:
+                raise click.UsageError("--layers and --min-score apply to text search")
+            df = vectors.token_neurons(store, token, relation, model=model, k=k)
+        else:
+            df = vectors.search(store, text, model=model, layers=layers, min_score=min_score, k=k)
+    _echo_rows(df, fmt)
+
+
+def _method_option(default: str):
+    from kb.vectors.files import KIND_HELP, KINDS
+
+    return click.option("--method", type=click.Choice(KINDS), default=default, show_default=True,
+                        help="Similarity: " + "; ".join(f"{k}: {v}" for k, v in KIND_HELP.items()) + ".")
+
+
+@cli.command()
+@click.argument("neuron", metavar="MODEL/LAYER/INDEX")
+@_method_option("weights_out")
+@click.option("--layers", default="other", show_default=True, metavar="other|all|A-B",
+              help="Where to look: every layer but the neuron's own, all layers, or a range/list.")
+@click.option("--k", "k", type=int, default=10, show_default=True, help="Neurons to return.")
+@click.option("--to", "to_model", metavar="MODEL2", help="Look in another model of the same shape.")
+@store_option
+@format_option()
+def similar(neuron: str, method: str, layers: str, k: int, to_model: str | None, store_url: str | None, fmt: str) -> None:
+    """The neurons most similar to NEURON (cosine of their vectors under --method)."""
+    from kb import vectors
+
+    with open_store(_url(store_url), read_only=True) as store:
+        df = vectors.similar(store, neuron, method=method, layers=layers, k=k, to_model=to_model)
+    _echo_rows(df, fmt)
+
+
+@cli.command()
+@click.argument("text")
+@click.option("--model", help="Which model to run (needed when the store holds several).")
+@click.option("--k", "k", type=int, default=20, show_default=True, help="Neurons to return.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@store_option
+@format_option()
+def fires(text: str, model: str | None, k: int, device: str, store_url: str | None, fmt: str) -> None:
+    """Run the model on TEXT and list the neurons that fire most relative to their own maximum."""
+    try:
+        from ingest.fires import fires as run_fires
+        from ingest.models import resolve_device
+    except ImportError as e:
+        raise NkbError(f"running the model needs the model stack ({e.name} is missing)",
+                       "pip install 'neuron-kb[ingest]'") from None
+    with open_store(_url(store_url), read_only=True) as store:
+        df = run_fires(store, text, model=model, k=k, device=resolve_device(device))
+    _echo_rows(df, fmt)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--layers", metavar="A,B", help="Match layer A to layer B (with --to: these layers of both models).")
+@click.option("--adjacent", is_flag=True, help="Match every layer to the next.")
+@click.option("--to", "to_model", metavar="MODEL2", help="Match to the same layers of another model of the same shape.")
+@_method_option("weights_out")
+@click.option("--solver", type=click.Choice(("auto", "dense", "sparse")), default="auto", show_default=True,
+              help="dense: full Hungarian; sparse: over each neuron's nearest candidates (large layers); auto: by size.")
+@click.option("--candidates", "k", type=int, default=32, show_default=True, help="Candidates per neuron for the sparse solver.")
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True), help="Write a PNG of mean matched similarity against layer distance.")
+@click.option("--dry-run", is_flag=True, help="Compute and print, but store no MATCHES edges.")
+@store_option
+@format_option()
+def match(model: str, layers: str | None, adjacent: bool, to_model: str | None, method: str, solver: str, k: int,
+          plot: str | None, dry_run: bool, store_url: str | None, fmt: str) -> None:
+    """Hungarian matching of neurons between layers of MODEL, or with the same layers of MODEL2.
+
+    Stores MATCHES edges (unless --dry-run) and prints one row per matched pair of layers:
+    mean matched similarity, and the share of pairs whose top promoted token is the same.
+    Follow chains of matches with `nkb query --name match_chain`.
+    """
+    from kb.match import match as run_match, plot_by_distance
+
+    if plot and not plot.lower().endswith(".png"):
+        raise click.BadParameter("the plot is a PNG: give a path ending in .png", param_hint="--plot")
+    with open_store(_url(store_url), read_only=dry_run) as store:
+        result = run_match(store, model, layers=layers, adjacent=adjacent, to_model=to_model, method=method,
+                           solver=solver, k=k, write=not dry_run)
+    if plot:
+        plot_by_distance(result.summary, plot, title=f"{model}{' vs ' + to_model if to_model else ''}: {method}")
+    _echo_rows(result.summary, fmt)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--rebuild", is_flag=True, help="Rebuild the FAISS indexes from the stored vectors.")
+@click.option("--type", "index_type", type=click.Choice(("auto", "flat", "hnsw", "ivf")),
+              help="Index type for --rebuild: exact (flat), or approximate (hnsw, ivf); auto chooses by size.")
+@click.option("--update", is_flag=True, help="Embed explanations written since the embed stage ran.")
+@click.option("--text-model", default="all-MiniLM-L6-v2", show_default=True, help="Sentence embedding model for --update.")
+@click.option("--drop", is_flag=True, help="Delete MODEL's vectors and indexes (then recompute with the embed stage).")
+@store_option
+@format_option()
+def index(model: str, rebuild: bool, index_type: str | None, update: bool, text_model: str, drop: bool,
+          store_url: str | None, fmt: str) -> None:
+    """Show, update, rebuild or drop MODEL's vectors and FAISS indexes (files beside the graph)."""
+    from kb import vectors
+
+    if drop and (rebuild or update):
+        raise click.UsageError("--drop goes alone")
+    if index_type and not rebuild:
+        raise click.UsageError("--type applies to --rebuild")
+    writing = rebuild or update or drop
+    with open_store(_url(store_url), read_only=not writing) as store:
+        if model not in queries.model_ids(store):
+            raise NkbError(f"no model {model!r} in the store",
+                           f"models in this store: {', '.join(queries.model_ids(store)) or 'none'}")
+        if drop:
+            gone = vectors.drop(store, model)
+            click.echo(f"Dropped {model}'s vectors: {', '.join(gone) or 'none'}; recompute: nkb ingest {model} --stages embed")
+            return
+        if update and vectors.embed_explanations(store, model, text_model) is None:
+            click.echo(f"{model} has no explanations to embed yet", err=True)
+        if rebuild:
+            for kind in vectors.KINDS:
+                try:
+                    vectors.open_index(store, model, kind, index_type=index_type, rebuild=True)
+                except vectors.VectorsMissing:
+                    continue
+        df = vectors.status(store, model)
+    _echo_rows(df, fmt)
+
+
 @cli.command(name="export")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["parquet", "neo4j-admin"]), default="parquet", show_default=True,

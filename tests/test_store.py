@@ -480,7 +480,7 @@ def test_upserts_see_rows_written_by_other_means(store_url):
         s.upsert_nodes("Neuron", nodes)
         s.upsert_nodes("Token", token)
         s.upsert_rels("PROMOTES", pd.DataFrame({"src": ["n/0/0"], "dst": ["t/1"], "logit": [1.0]}))
-        s.cypher("MATCH (a:Neuron {id: 'n/0/1'}), (b:Token {id: 't/1'}) CREATE (a)-[:PROMOTES {logit: 2.0}]->(b)",
+        s.cypher("MATCH (a:Neuron {id: 'n/0/1'}), (b:Token {id: 't/1'}) CREATE (a)-[:PROMOTES {logit: 2.0, found: 'neuron'}]->(b)",
                  write=True)
         s.upsert_rels("PROMOTES", pd.DataFrame({"src": ["n/0/1"], "dst": ["t/1"], "logit": [3.0]}))
         assert s.counts()["PROMOTES"] == 2

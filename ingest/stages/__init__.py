@@ -14,7 +14,8 @@ from kb.config import shorten
 from kb.errors import IngestError
 
 # Modules holding one stage each. Order breaks ties between stages that do not depend on each other.
-_MODULES = ("model", "lmhead", "activations", "n2g", "describe", "score")
+# describe comes before embed so that one run embeds the explanations it has just written.
+_MODULES = ("model", "lmhead", "activations", "n2g", "describe", "score", "embed", "tokens", "similar", "match")
 
 # Options of the pipeline itself (how the model runs), shared by every stage.
 PIPELINE_SETTINGS: tuple[Setting, ...] = (

@@ -39,7 +39,8 @@ class LMHeadStage(Stage):
                                       ("READS", tokens.reads, "weight")):
                 edges = token_edges(ctx, layer, frame)
                 extra = ["via"] if rel == "READS" else []
-                report.rows += ctx.store.upsert_rels(rel, edges[["src", "dst", value, "rank", *extra]])
+                edges["found"] = "neuron"  # the neuron's own top-k list (the tokens stage adds "token")
+                report.rows += ctx.store.upsert_rels(rel, edges[["src", "dst", value, "rank", "found", *extra]])
             ctx.mark_done(self, layer)
             report.layers_done.append(layer)
             ctx.reporter.advance(d_mlp)

@@ -114,7 +114,12 @@ def prepare_nodes(nt: schema.NodeType, df: pd.DataFrame) -> pd.DataFrame:
 
 
 def prepare_rels(rt: schema.RelType, df: pd.DataFrame) -> pd.DataFrame:
-    """Validate a relationship frame and drop repeated keys (the last row wins)."""
+    """Validate a relationship frame, fill defaulted key columns it lacks, and drop repeated keys
+    (the last row wins)."""
+    defaults = {p.name: p.default for p in rt.props if p.name in rt.key and p.default is not None}
+    absent = {k: v for k, v in defaults.items() if k not in df.columns}
+    if absent:
+        df = df.assign(**absent)
     missing = [c for c in ("src", "dst", *rt.key) if c not in df.columns]
     if missing:
         raise SchemaError(f"{rt.type} rows need column(s) {', '.join(map(repr, missing))}",
