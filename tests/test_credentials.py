@@ -21,7 +21,7 @@ from kb.cli import cli
 from tinymodels import save_tiny_model
 
 WRONG = "pw-Wrong-Never-Shown-7"
-WAYS = ["url", pytest.param("query-string", marks=pytest.mark.xfail(reason="fixed on branch fuzz", strict=False)),
+WAYS = ["url", "query-string",
         "environment", "config-file"]
 
 
