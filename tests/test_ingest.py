@@ -68,7 +68,7 @@ def test_every_neuron_gets_tokens_records_and_statistics(ingested):
         assert sum(r["kind"] == "random" for r in recs) == cfg.n_random
     snippet_ids = {row[0] for row in kb["Snippet"]}
     assert {r["dst"] for r in records} == snippet_ids
-    assert [s.stage for s in report.stages] == ["model", "lmhead", "activations"]
+    assert [s.stage for s in report.stages] == ["model", "lmhead", "activations", "embed", "tokens", "similar"]
 
 
 def test_running_again_changes_nothing(ingested, tiny_dir):
