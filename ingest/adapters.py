@@ -89,6 +89,11 @@ class Adapter:
         gain = self._gain(self.pre_mlp_norm(layer))
         return {key: w.detach().float() * gain[None, :] for key, w in self._in_weights(layer).items()}
 
+    @property
+    def n_inputs(self) -> int:
+        """Input matrices per MLP: 2 for gated MLPs (gate, up), 1 otherwise."""
+        return len(self._in_weights(0))
+
     def unembed_module(self) -> nn.Module:
         # get_output_embeddings() is the lm_head / embed_out Linear; when embeddings are tied its
         # weight *is* the input embedding, so tying needs no special case here.

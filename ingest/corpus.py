@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from kb.config import shorten
 from kb.errors import IngestError
 
 TEXT_EXTENSIONS = (".txt", ".md")
@@ -91,15 +92,27 @@ def _decode(data: bytes, path: Path, offset: int = 0, where: str = "") -> str:
         ) from None
 
 
+def _unreadable(path: Path, err: OSError) -> IngestError:
+    return IngestError(f"cannot read corpus file {path}: {err.strerror or type(err).__name__}",
+                       "make it readable, or leave it out of --corpus")
+
+
 def _text_documents(path: Path) -> Iterator[str]:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise _unreadable(path, e) from None
     start = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # a UTF-8 byte-order mark is not text
     yield _decode(data[start:], path, offset=start)
 
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
     offset = 0
-    with path.open("rb") as f:
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    with f:
         for line_no, raw in enumerate(f, start=1):
             line = _decode(raw, path, offset, where=f" line {line_no}")
             offset += len(raw)
@@ -109,6 +122,9 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise IngestError(f"{path} line {line_no}: not valid JSON ({err.msg})") from None
+            except RecursionError:
+                raise IngestError(f"{path} line {line_no}: JSON nested too deeply to read",
+                                  'each line must be an object such as {"text": "..."}') from None
             if not isinstance(record, dict) or text_field not in record:
                 keys = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
                 raise IngestError(
@@ -124,15 +140,29 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
 
 
 def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        if not isinstance(e, pa.ArrowException):
+            raise _unreadable(path, e) from None
+        raise IngestError(f"{path} is not a readable Parquet file: {str(e).splitlines()[0][:200]}",
+                          "pass a Parquet file, or give the file its real extension (.txt, .md, .jsonl)") from None
     if text_field not in pf.schema_arrow.names:
         raise IngestError(
             f"{path}: no {text_field!r} column (has: {', '.join(pf.schema_arrow.names)})",
             "choose the column with --text-field",
         )
-    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
+    batches = pf.iter_batches(columns=[text_field], batch_size=1024)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as e:  # a damaged row group
+            raise IngestError(f"{path}: cannot read the {text_field!r} column: {str(e).splitlines()[0][:200]}") from None
+        if batch is None:
+            return
         column = batch.column(0)
         if not (column.type.equals("string") or column.type.equals("large_string")):
             raise IngestError(f"{path}: column {text_field!r} holds {column.type}, not text")
@@ -199,11 +229,18 @@ def load_corpus(spec: str | None, *, text_field: str = "text") -> Corpus:
     if spec.startswith("hf:"):
         return _hf_corpus(spec, text_field)
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise IngestError(f"no such corpus file or directory: {spec}", "pass a file, a directory, builtin or hf:NAME")
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name too long, a directory we may not enter
+        raise IngestError(f"cannot use corpus {shorten(spec)}: {e.strerror}", "pass a file, a directory, builtin or hf:NAME") from None
+    if not exists:
+        raise IngestError(f"no such corpus file or directory: {shorten(spec)}", "pass a file, a directory, builtin or hf:NAME")
     path = path.resolve()
     if path.is_dir():
-        files = _directory_files(path)
+        try:
+            files = _directory_files(path)
+        except OSError as e:
+            raise _unreadable(Path(e.filename or path), e) from None
         if not files:
             raise IngestError(f"{path} holds no corpus files ({', '.join(CORPUS_EXTENSIONS)})")
 
@@ -218,6 +255,17 @@ def load_corpus(spec: str | None, *, text_field: str = "text") -> Corpus:
             f"use one of {', '.join(CORPUS_EXTENSIONS)}, or a directory of them",
         )
     return Corpus(name=path.stem, documents=lambda: _file_documents(path, text_field))
+
+
+def check_corpus(corpus: Corpus) -> None:
+    """Read the corpus up to its first non-empty document, so that a file that cannot be read
+    (not UTF-8, not JSON, not Parquet, unreadable) or holds no text fails now, before a model
+    is loaded, rather than after. A Hugging Face dataset is left for later: opening one may
+    need the network."""
+    if corpus.name.startswith("hf:"):
+        return
+    if not any(doc for doc in corpus.documents()):
+        raise IngestError(f"corpus {corpus.name!r} has no text")
 
 
 # --- windows ----------------------------------------------------------------------------------

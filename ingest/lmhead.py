@@ -50,6 +50,12 @@ def unembedding(adapter, device: str | torch.device = "cpu") -> torch.Tensor:
     return per_device[device]
 
 
+def release_unembedding(adapter) -> None:
+    """Drop the adapter's cached unembeddings (vocab x d_model float32 each: 2 GB at Llama-3-8B's
+    widths), so that a later stage does not hold them."""
+    _UNEMBED.pop(adapter, None)
+
+
 def _frame(values: np.ndarray, tokens: np.ndarray, value_name: str, **extra) -> pd.DataFrame:
     n, k = tokens.shape
     return pd.DataFrame({
@@ -64,8 +70,10 @@ def _frame(values: np.ndarray, tokens: np.ndarray, value_name: str, **extra) -> 
 def decode_layer(adapter, layer: int, *, k: int = 10, device: str = "cpu", chunk: int = 512) -> LayerTokens:
     """Promoted, suppressed and read tokens of every neuron of ``layer``.
 
-    ``chunk`` neurons are decoded at a time, bounding memory to about
-    ``(1 + n_inputs) * chunk * vocab * 4`` bytes of logits.
+    ``chunk`` neurons are decoded at a time, bounding the logits to
+    ``(1 + n_inputs) * chunk * vocab * 4`` bytes: a [d_mlp, vocab] matrix never exists whole
+    unless ``chunk >= d_mlp``. The pipeline sizes ``chunk`` from its memory budget
+    (``ingest.memory``); the result does not depend on it.
     """
     if k < 1 or chunk < 1:
         raise IngestError(f"k and chunk must be >= 1 (got k={k}, chunk={chunk})")

@@ -30,6 +30,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ingest.adapters import SUPPORTED_ARCHITECTURES, Adapter, adapter_for
+from kb.config import shorten
 from kb.errors import IngestError
 
 
@@ -91,16 +92,27 @@ class LoadedModel:
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when available, else "cpu"; an explicit CUDA device must exist."""
+    """"auto" -> "cuda" when available, else "cpu"; any other device must exist on this machine
+    (checked before the model loads, so a wrong one fails fast and writes nothing)."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise IngestError(f"device {device!r} requested but CUDA is not available", "use --device cpu or auto")
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise IngestError(f"unknown device {device!r}", "use cpu, cuda, cuda:N or auto") from None
-    return device
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise IngestError(f"device {device!r} requested but CUDA is not available", "use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if index and (not index.isdigit() or int(index) >= count):
+            raise IngestError(f"device {device!r} does not exist: this machine has {count} CUDA device(s)",
+                              f"use --device cuda:0 to cuda:{count - 1}, or auto")
+        return device
+    if kind == "mps" and not index:
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise IngestError("device 'mps' requested but Apple's MPS is not available here", "use --device cpu or auto")
+        return device
+    if device == "cpu":
+        return device
+    # "meta" and the like exist in torch but hold no data, so a model cannot run on them.
+    raise IngestError(f"unknown device {device!r}", "use cpu, cuda, cuda:N, mps or auto")
 
 
 def _dtype(dtype: str) -> torch.dtype:
@@ -145,11 +157,26 @@ def _hub_offline() -> bool:
     return False
 
 
+def _config_errors() -> tuple[type[BaseException], ...]:
+    # What transformers raises for a config.json it cannot use: ValueError (no or unknown
+    # model_type), TypeError/KeyError (a field of the wrong kind), and huggingface_hub's strict
+    # dataclass validation, which is a bare Exception subclass.
+    from huggingface_hub import errors as hf_errors
+
+    strict = getattr(hf_errors, "StrictDataclassError", None)
+    return (ValueError, TypeError, KeyError, AttributeError) + ((strict,) if strict else ())
+
+
 def _load_pretrained(location: str, dtype: torch.dtype, **kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     with _quiet_transformers():
         if "gguf_file" not in kwargs:
             # refuse an unsupported architecture from its config, before reading any weights
-            model_type = AutoConfig.from_pretrained(location, **kwargs).model_type
+            try:
+                model_type = AutoConfig.from_pretrained(location, **kwargs).model_type
+            except _config_errors() as err:
+                raise IngestError(f"{location}/config.json is not a usable model config: {_first_line(err)}",
+                                  f"it needs a model_type, one of {', '.join(SUPPORTED_ARCHITECTURES)}, "
+                                  "and that architecture's fields") from None
             if model_type not in SUPPORTED_ARCHITECTURES:
                 raise IngestError(
                     f"unsupported architecture {model_type!r} in {location}",
@@ -160,13 +187,22 @@ def _load_pretrained(location: str, dtype: torch.dtype, **kwargs) -> tuple[PreTr
     return model, tokenizer
 
 
+def _first_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200] or type(err).__name__
+
+
 def _resolve(spec: str) -> tuple[str, str, dict]:
     """(source, default name, from_pretrained arguments) for a model spec; no weights loaded."""
     if spec in BUNDLED:
         gguf = BUNDLED[spec].path()
         return spec, spec, {"location": str(gguf.parent), "gguf_file": gguf.name}
     path = Path(spec).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name too long for the file system
+        raise IngestError(f"no such model file or directory: {shorten(spec)} ({e.strerror})",
+                          "pass a bundled name, a Hugging Face id, a model directory or a .gguf file") from None
+    if exists:
         path = path.resolve()
         if path.is_file():
             if path.suffix.lower() != ".gguf":
@@ -263,12 +299,13 @@ def load_model(spec: str, *, device: str = "cpu", dtype: str = "float32", name: 
     else:
         # A damaged or foreign .gguf fails inside the gguf reader (struct.error, ValueError for a
         # bad magic or an architecture transformers cannot map); a directory fails with OSError.
-        errors = (OSError, ValueError, struct.error) if "gguf_file" in args else (OSError,)
+        # A directory whose weights or tokenizer do not fit its config fails in the model's
+        # constructor or the weight loader (RuntimeError for a size mismatch, the config errors).
+        errors = (OSError, ValueError, struct.error) if "gguf_file" in args else (OSError, RuntimeError, *_config_errors())
         try:
             model, tokenizer = _load_pretrained(location, torch_dtype, **args)
         except errors as err:
-            reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
-            raise IngestError(f"cannot load model from {source}: {reason}") from None
+            raise IngestError(f"cannot load model from {source}: {_first_line(err)}") from None
     _ensure_tied(model)
     model = model.to(device).eval()
     adapter = adapter_for(model)

@@ -25,7 +25,7 @@ from typing import Any
 from ingest.stages import REGISTRY, Context, Stage, StageReport, all_settings, default_stages, defaults, digest, resolve
 from kb import config
 from kb.errors import IngestError
-from kb.stores.base import Store
+from kb.stores.base import Store, model_meta_prefix
 
 
 class Reporter:
@@ -38,6 +38,10 @@ class Reporter:
     def end(self) -> None: ...
 
     def note(self, message: str) -> None: ...
+
+    def layer_written(self, stage: str, layer: int) -> None:
+        """``stage`` has written every row of ``layer`` and is about to mark it done. A run
+        killed here must resume to the same store (tests kill it here on purpose)."""
 
 
 class IngestConfig:
@@ -67,11 +71,18 @@ class IngestConfig:
 
     def validate(self) -> list[Stage]:
         """Every check that needs neither the model nor the store; returns the stages to run."""
+        check_model_spec(self.model)
+        if self.name is not None:
+            check_model_name(self.name, "--name")
         stages = resolve(self.stages)
         if self.layers is not None and not self.layers:
             raise IngestError("no layer to ingest", "pass --layers with at least one layer, e.g. 0-5,12")
         for s in all_settings():
             s.check(self.settings[s.name])
+        if self.settings["max_memory"] is not None:
+            from ingest.memory import parse_size
+
+            parse_size(self.settings["max_memory"])
         for stage in stages:
             stage.validate(self)
         return stages
@@ -85,6 +96,29 @@ class IngestReport:
     seconds: float = 0.0
 
 
+MAX_NAME = 200  # characters of a model id in the store (it starts every neuron id)
+MAX_LAYER = 10_000  # far beyond any model; keeps "0-99999999999" from building a huge list
+
+
+def check_model_spec(spec: str) -> None:
+    """Refuse a MODEL argument that cannot name a model, before anything is loaded."""
+    if not spec or not spec.strip():
+        raise IngestError("no model given: MODEL is empty", "pass a bundled name (smollm2-135m), a Hugging Face id, "
+                          "a model directory or a .gguf file")
+    if len(spec) > config.MAX_LOCATION or not spec.isprintable():
+        raise IngestError(f"not a model name or path: {config.shorten(spec, 60)}",
+                          f"a model is a bundled name, a Hugging Face id, a directory or a .gguf file; "
+                          f"at most {config.MAX_LOCATION} printable characters")
+
+
+def check_model_name(name: str, what: str = "the model name") -> None:
+    """A model id must read back as typed: printable, no surrounding spaces, not too long."""
+    if not name or not name.isprintable() or name != name.strip() or len(name) > MAX_NAME:
+        raise IngestError(f"{what} '{config.shorten(name, 60)}' cannot be a model id",
+                          f"use 1 to {MAX_NAME} printable characters with no line breaks or surrounding "
+                          "spaces, e.g. --name my-model")
+
+
 def parse_layers(text: str | None) -> list[int] | None:
     """'0-5,12' -> [0, 1, 2, 3, 4, 5, 12]; None or 'all' -> None (every layer)."""
     if text is None or text.strip().lower() in ("", "all"):
@@ -93,15 +127,18 @@ def parse_layers(text: str | None) -> list[int] | None:
     for part in text.split(","):
         part = part.strip()
         try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if lo > hi or lo < 0:
-                    raise ValueError
-                layers.update(range(lo, hi + 1))
-            else:
-                layers.add(int(part))
+            lo, sep, hi = part.partition("-")
+            lo_i = int(lo)
+            hi_i = int(hi) if sep else lo_i
+            if lo_i > hi_i or lo_i < 0:
+                raise ValueError
         except ValueError:
-            raise IngestError(f"cannot read layers {text!r}", "use a list of layers and ranges, e.g. 0-5,12") from None
+            raise IngestError(f"cannot read layers '{config.shorten(text, 60)}'",
+                              "use a list of layers and ranges, e.g. 0-5,12") from None
+        if hi_i > MAX_LAYER:
+            raise IngestError(f"layer {hi_i:,} in --layers '{config.shorten(text, 60)}' is beyond any model",
+                              "use the model's layer numbers, e.g. 0-5,12")
+        layers.update(range(lo_i, hi_i + 1))
     return sorted(layers)
 
 
@@ -114,24 +151,34 @@ class Pipeline:
         self.cfg = cfg
         self.reporter = reporter or Reporter()
         self.windows = None
+        self.memory = None  # ingest.memory.MemoryPlan, from prepare()
         self.snippet_ids: list[str] | None = None
 
     # -- validation: nothing is written before all of this passes --------------------------
-    def prepare(self) -> "Pipeline":
+    def prepare(self, store_url: str | None = None) -> "Pipeline":
+        """Load and check the model and the corpus, and plan the run's memory (``ingest.memory``).
+        ``store_url`` tells the planner whether an embedded store's buffer pool counts (it
+        does when the URL is not given)."""
         try:
             from ingest.models import load_model, resolve_device
         except ImportError as e:
             raise IngestError(f"ingesting needs the model stack, which is not installed ({e.name} is missing)",
                               "pip install 'neuron-kb[ingest]'") from None
-        from ingest.corpus import load_corpus, make_windows, snippet_id
+        from ingest.corpus import check_corpus, load_corpus, make_windows, snippet_id
         from ingest.stages.model import token_texts
 
         cfg, s = self.cfg, self.cfg.settings
         uses_corpus = any(stage.uses_corpus for stage in self.stages)
-        corpus = load_corpus(s["corpus"]) if uses_corpus else None  # a missing path fails before the model loads
+        # Everything that can be checked without the model is checked before it loads (which
+        # takes ~25 s for SmolLM2): the corpus opens and holds text, the device exists.
+        corpus = load_corpus(s["corpus"]) if uses_corpus else None
+        if corpus is not None:
+            check_corpus(corpus)
+        device = resolve_device(s["device"])
         self.reporter.note(f"loading {cfg.model}")
-        self.lm = load_model(cfg.model, device=resolve_device(s["device"]), dtype=s["dtype"], name=cfg.name)
+        self.lm = load_model(cfg.model, device=device, dtype=s["dtype"], name=cfg.name)
         self.model_id = self.lm.name
+        check_model_name(self.model_id, "the model name (from MODEL; choose another with --name)")
         n_layers = self.lm.adapter.n_layers
         layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
         bad = [layer for layer in layers if not 0 <= layer < n_layers]
@@ -145,8 +192,27 @@ class Pipeline:
             self.reporter.note("tokenizing the corpus")
             self.windows = make_windows(corpus, self.lm.tokenizer, window=s["window"], max_tokens=s["tokens"])
             self.snippet_ids = [snippet_id(self.lm.tokenizer_id, row) for row in self.windows.token_ids]
+            for stage in self.stages:
+                if stage.uses_corpus:
+                    stage.check_corpus(cfg, self.windows)
         self.token_text = token_texts(self.lm)
+        self.memory = self._plan_memory(store_url)
         return self
+
+    def _plan_memory(self, store_url: str | None):
+        from ingest import memory
+
+        s = self.cfg.settings
+        budget = memory.parse_size(s["max_memory"]) if s["max_memory"] is not None else memory.default_budget()
+        pool = 0 if store_url is not None and config.is_server_url(store_url) else config.buffer_pool_bytes()
+        w = self.windows
+        settings = memory.Settings.of(s, n_windows=0 if w is None else len(w.token_ids),
+                                      bos=w is not None and w.bos_id is not None)
+        plan = memory.plan(memory.Shape.of(self.lm), self.layers, settings,
+                           stages={stage.name for stage in self.stages}, budget=budget, buffer_pool=pool)
+        for line in plan.describe():
+            self.reporter.note(line)
+        return plan
 
     def _check_store(self, ctx: Context) -> None:
         existing = ctx.store.cypher("MATCH (m:Model) WHERE m.id = $id RETURN m.fingerprint AS fp, m.source AS source",
@@ -186,7 +252,7 @@ class Pipeline:
     def context(self, store: Store) -> Context:
         return Context(cfg=self.cfg, store=store, lm=self.lm, model_id=self.model_id, layers=self.layers,
                        reporter=self.reporter, windows=self.windows, snippet_ids=self.snippet_ids,
-                       token_text=self.token_text)
+                       token_text=self.token_text, memory=self.memory)
 
     def run(self, store: Store) -> IngestReport:
         started = time.perf_counter()
@@ -203,7 +269,7 @@ class Pipeline:
             sub.seconds = time.perf_counter() - t0
             report.stages.append(sub)
             if stage.name == "model":
-                store.set_meta(f"ingest/{self.model_id}/config", json.dumps(self.cfg.as_dict()))
+                store.set_meta(f"{model_meta_prefix(self.model_id)}config", json.dumps(self.cfg.as_dict()))
         report.seconds = time.perf_counter() - started
         return report
 
@@ -222,7 +288,7 @@ def _layer_list(layers: list[int]) -> str:
 
 def ingest(store: Store, cfg: IngestConfig, reporter: Reporter | None = None) -> IngestReport:
     """Ingest one model into ``store`` with ``cfg``; see the module docstring for the guarantees."""
-    return Pipeline(cfg, reporter).prepare().run(store)
+    return Pipeline(cfg, reporter).prepare(store.url).run(store)
 
 
 __all__ = ["REGISTRY", "IngestConfig", "IngestReport", "Pipeline", "Reporter", "ingest", "parse_layers"]

@@ -23,6 +23,9 @@ class Card:
     records: list[dict[str, Any]] = field(default_factory=list)  # rank, max_act, position, snippet, tokens, activations, text
     record_kind: str = "top"
     explanations: list[dict[str, Any]] = field(default_factory=list)  # one row per explanation and score
+    # The N2G graph as patterns, strongest first: tokens in reading order (the firing token last, "*"
+    # for any token) and the activation the pattern predicts (normalised); empty without a graph.
+    n2g: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,4 +53,16 @@ def neuron_card(store: Store, neuron: str, *, tokens: int = 10, records: int = 5
         records=rows("top_records", kind=record_kind, limit=records),
         record_kind=record_kind,
         explanations=rows("neuron_explanations"),
+        n2g=_n2g_patterns(store, neuron),
     )
+
+
+def _n2g_patterns(store: Store, neuron: str) -> list[dict[str, Any]]:
+    from kb.ids import N2GNodeId
+    from kb.n2g import Graph, patterns
+
+    nodes = queries.run(store, "n2g_graph", {"neuron": neuron})
+    if nodes.empty:
+        return []
+    graph = Graph({}, nodes.assign(path=[N2GNodeId.parse(i).path for i in nodes["id"]]))
+    return [{"tokens": tokens, "activation": act} for tokens, act in patterns(graph)]

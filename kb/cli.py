@@ -13,10 +13,13 @@ import sys
 from typing import Any
 
 import click
+from click.core import ParameterSource
 import pandas as pd
 
+from ingest.pipeline import Reporter
 from kb import __version__, config, output, queries
 from kb.card import Card, neuron_card
+from kb.cypher import DEFAULT_TIMEOUT_S
 from kb.errors import NkbError
 from kb.ids import NeuronId
 from kb.records import decode_activations
@@ -54,7 +57,11 @@ def format_option(choices: tuple[str, ...] = output.FORMATS):
 
 
 def _url(store_url: str | None) -> str:
-    return store_url or config.default_store()
+    # An empty --store is a mistake, not a request for the default store.
+    if store_url is None:
+        return config.default_store()
+    source = click.get_current_context().get_parameter_source("store_url")
+    return config.check_location(store_url, f"${config.STORE_ENV}" if source is ParameterSource.ENVIRONMENT else "--store")
 
 
 def _echo_rows(df: pd.DataFrame, fmt: str) -> None:
@@ -106,9 +113,11 @@ def init(store_url: str | None) -> None:
                    "parameter's type; for Cypher text a value is read as JSON when it parses "
                    "(42, 1.5, true, null, \"text\", [1, 2]), else as text.")
 @click.option("--write", is_flag=True, help="Allow the Cypher text to change the store (read-only without it).")
+@click.option("--timeout", type=click.FloatRange(min=0, max=10**8), default=DEFAULT_TIMEOUT_S, show_default=True,
+              metavar="SECONDS", help="Cancel the query after this many seconds (0: no limit).")
 @store_option
 @format_option()
-def query(cypher: str | None, name: str | None, param_values: tuple[str, ...], write: bool,
+def query(cypher: str | None, name: str | None, param_values: tuple[str, ...], write: bool, timeout: float,
           store_url: str | None, fmt: str) -> None:
     """Run Cypher text, or a named query, and print the rows.
 
@@ -124,11 +133,11 @@ def query(cypher: str | None, name: str | None, param_values: tuple[str, ...], w
     params = _parse_params(param_values)
     if name:
         with open_store(_url(store_url), read_only=True) as store:
-            df = queries.run(store, name, params)
+            df = queries.run(store, name, params, timeout=timeout)
     else:
         typed = {k: queries.parse_value(v) for k, v in params.items()}
         with open_store(_url(store_url), read_only=not write) as store:
-            df = store.cypher(cypher, typed, write=write)
+            df = store.cypher(cypher, typed, write=write, timeout=timeout)
     _echo_rows(df, fmt)
 
 
@@ -220,7 +229,7 @@ def mark_firing(tokens: list[str], activations: str | None, color: bool) -> str:
     return "".join(out).replace("\n", "\\n")
 
 
-def card_text(card: Card, *, color: bool = False) -> str:
+def card_text(card: Card, *, color: bool = False, n2g_limit: int = 15) -> str:
     """The card as terminal text (bold title and highlighted firing tokens when ``color``)."""
     n = card.neuron
     title = f"{n['neuron']}  ({n.get('kind') or ''} neuron {n['idx']} of layer {n['layer']} in {n['model']})".replace("( ", "(")
@@ -246,6 +255,16 @@ def card_text(card: Card, *, color: bool = False) -> str:
     for r in card.records:
         lines.append(f"  {r['rank']:>3}  max {_fmt(r['max_act']):>7}  {mark_firing(r['tokens'], r['activations'], color)}")
     lines.append("")
+    lines.append(f"N2G graph ({len(card.n2g)} patterns; context, then the [firing token]; * is any token):")
+    if not card.n2g:
+        lines.append("  -")
+    for p in card.n2g[:n2g_limit]:
+        shown = ["*" if t == "*" else json.dumps(t, ensure_ascii=False) for t in p["tokens"]]
+        shown[-1] = f"[{shown[-1]}]"
+        lines.append(f"  {_fmt(p['activation'], '.2f'):>5}  {' '.join(shown)}")
+    if len(card.n2g) > n2g_limit:
+        lines.append(f"  ... {len(card.n2g) - n2g_limit} more")
+    lines.append("")
     lines.append("Explanations:")
     if not card.explanations:
         lines.append("  -")
@@ -257,6 +276,70 @@ def card_text(card: Card, *, color: bool = False) -> str:
         if scores:
             lines.append(f"      {'   '.join(scores)}")
     return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--fires-on", "token", required=True, metavar="TOKEN",
+              help='The token the neuron fires on, exactly as decoded, leading space included (" all").')
+@click.option("--after", metavar="TOKEN", help="Only where the token right before it in the N2G graph is TOKEN.")
+@click.option("--model", help="Only this model's neurons.")
+@click.option("--layers", metavar="LIST", help="Only these layers, e.g. 0-5,12.")
+@click.option("--limit", default=20, show_default=True, help="Rows to print.")
+@store_option
+@format_option()
+def search(token: str, after: str | None, model: str | None, layers: str | None, limit: int,
+           store_url: str | None, fmt: str) -> None:
+    """Neurons whose Neuron-to-Graph graph fires on a token, optionally right after another.
+
+    \b
+    Example:
+      nkb search --fires-on " all" --after " not" --layers 0-9
+    """
+    from ingest.pipeline import parse_layers  # light: no model stack
+    from kb import n2g
+
+    layer_list = parse_layers(layers)
+    with open_store(_url(store_url), read_only=True) as store:
+        df = n2g.search(store, token, after=after, model=model, layers=layer_list, limit=limit)
+    _echo_rows(df, fmt)
+
+
+@cli.command()
+@click.argument("neuron", metavar="MODEL/LAYER/INDEX")
+@click.argument("text")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@store_option
+@format_option()
+def predict(neuron: str, text: str, device: str, store_url: str | None, fmt: str) -> None:
+    """A neuron's N2G prediction on TEXT next to its real activation, token by token.
+
+    Both are normalised by the neuron's largest activation on the corpus; a token fires at
+    0.5. The real activation comes from running the model (it loads, which takes a while).
+    """
+    try:
+        from ingest.n2g.prediction import predict_text
+    except ImportError as e:
+        raise NkbError(f"predicting needs the model stack, which is not installed ({e.name} is missing)",
+                       "pip install 'neuron-kb[ingest]'") from None
+    nid = str(NeuronId.parse(neuron))
+    with open_store(_url(store_url), read_only=True) as store:
+        df = predict_text(store, nid, text, device=device)
+    _echo_rows(df, fmt)
+
+
+@cli.command()
+@click.argument("neuron", metavar="MODEL/LAYER/INDEX")
+@click.option("--out", "out", required=True, metavar="FILE.svg|FILE.png", help="Where to write the picture.")
+@store_option
+def render(neuron: str, out: str, store_url: str | None) -> None:
+    """Draw a neuron's N2G graph (needs Graphviz's dot): firing tokens on the right, coloured
+    by activation, the context walking back to the left, coloured by importance; * is any token."""
+    from kb import n2g
+
+    nid = str(NeuronId.parse(neuron))
+    with open_store(_url(store_url), read_only=True) as store:
+        graph = n2g.load_graph(store, nid)
+    click.echo(f"Wrote {n2g.render(graph, out)}")
 
 
 @cli.command(name="delete-model")
@@ -494,7 +577,7 @@ class _FileBars:
 # ingest.pipeline imports the model stack (torch) only inside the stages, so a query-only
 # install still runs every other command.
 
-class _Bars:
+class _Bars(Reporter):
     """Progress bars on stderr for the pipeline's Reporter; tqdm turns them off when stderr
     is not a terminal (disable=None)."""
 
@@ -559,7 +642,7 @@ def ingest(model: str, store_url: str | None, layers: str | None, stages: str, n
     cfg = IngestConfig(model, name=name, layers=parse_layers(layers),
                        stages=[s.strip() for s in stages.split(",")], **settings)
     url = _url(store_url)
-    pipeline = Pipeline(cfg, _Bars()).prepare()  # validates everything before the store is touched
+    pipeline = Pipeline(cfg, _Bars()).prepare(url)  # validates everything before the store is touched
     with open_store(url, create=True) as store:
         report = pipeline.run(store)
     for stage in report.stages:
@@ -567,6 +650,148 @@ def ingest(model: str, store_url: str | None, layers: str | None, stages: str, n
         click.echo(f"{stage.stage:12s} {len(stage.layers_done):3d} layers{skipped}  {stage.rows:>10,d} rows  "
                    f"{stage.seconds:7.1f} s")
     click.echo(f"Ingested {report.model} into {report.store} in {report.seconds:.0f} s")
+
+
+# -- nkb explain / score / import ------------------------------------------------------------
+
+def _selection_options(f):
+    f = click.option("--limit", type=click.IntRange(min=1), help="At most this many neurons.")(f)
+    f = click.option("--select", "select", metavar="CYPHER",
+                     help="A read-only Cypher query whose first column is neuron ids, e.g. "
+                          "\"MATCH (n:Neuron) WHERE n.layer = 20 RETURN n.id\". Run as a query; one that writes is refused.")(f)
+    f = click.option("--neurons", "neurons", multiple=True, metavar="ID...",
+                     help="Neuron ids (MODEL/LAYER/INDEX), comma- or space-separated; repeatable.")(f)
+    return f
+
+
+def _backend_options(f):
+    from ingest.explain.make import DEFAULT_LOCAL_MODEL
+
+    f = click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+                     help="Prompts per forward pass of a local model.")(f)
+    f = click.option("--device", default="cpu", show_default=True, help="Device of a local model: cpu, cuda, auto.")(f)
+    f = click.option("--local-model", default=DEFAULT_LOCAL_MODEL, show_default=True,
+                     help="The local chat model: a bundled name, a Hugging Face id or a local directory.")(f)
+    f = click.option("--concurrency", type=click.IntRange(min=1),
+                     help="Requests in flight to the server (default 4, or concurrency in [openai]).")(f)
+    f = click.option("--api-model", help="Model name on the server (default $NKB_OPENAI_MODEL or [openai] model).")(f)
+    f = click.option("--base-url", help="OpenAI-compatible endpoint (default $NKB_OPENAI_BASE_URL, [openai] base_url, "
+                                        "else https://api.openai.com/v1). The key comes from $NKB_OPENAI_API_KEY or "
+                                        "[openai] api_key in the config file.")(f)
+    return f
+
+
+def _backend(kind: str, store, base_url, api_model, concurrency, local_model, device, batch_size):
+    from ingest.explain.make import cache_path, make_backend
+
+    if kind == "local":
+        from ingest.models import resolve_device
+
+        device = resolve_device(device)
+    return make_backend(kind, local_model=local_model, device=device, batch_size=batch_size,
+                        api={"base_url": base_url, "model": api_model, "concurrency": concurrency},
+                        cache_path=cache_path(store))
+
+
+@cli.command()
+@click.option("--explainer", type=click.Choice(["data", "local", "api"]), default="local", show_default=True,
+              help="data: a description from the stored measurements (no LLM); local: a local chat model; "
+                   "api: an OpenAI-compatible server.")
+@click.option("--records", "n_records", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Top records shown to an LLM explainer (the even ranks; odd ranks are kept for scoring).")
+@_selection_options
+@_backend_options
+@store_option
+def explain(explainer: str, n_records: int, neurons: tuple[str, ...], select: str | None, limit: int | None,
+            base_url, api_model, concurrency, local_model, device, batch_size, store_url: str | None) -> None:
+    """Explain selected neurons and store the explanations (OpenAI's method for LLM explainers).
+
+    \b
+    Example:
+      nkb explain --explainer api --select "MATCH (n:Neuron) WHERE n.layer = 20 AND n.density > 0.01 RETURN n.id" --limit 50
+    """
+    from ingest.explain.make import make_explainer
+    from ingest.explain.run import explain_neurons, select_neurons
+
+    with open_store(_url(store_url), read_only=False) as store:
+        ids = select_neurons(store, neurons, select, limit, what="explain")
+        backend = None if explainer == "data" else _backend(explainer, store, base_url, api_model, concurrency,
+                                                            local_model, device, batch_size)
+        bars = _Bars()
+        bars.begin("explain", len(ids), "neuron")
+        try:
+            report = explain_neurons(store, ids, make_explainer(explainer, backend, n_records=n_records),
+                                     progress=bars.advance)
+        finally:
+            bars.end()
+            if backend is not None and hasattr(backend, "close"):
+                backend.close()
+    click.echo(f"Explained {report.written} of {report.neurons} neurons in {report.seconds:.1f} s"
+               + (f" ({len(report.skipped)} without records or answer)" if report.skipped else ""))
+
+
+@cli.command()
+@click.option("--scorer", "method", type=click.Choice(["simulation", "detection", "fuzzing"]), default="simulation",
+              show_default=True, help="simulation: correlation of simulated with true activations (OpenAI); "
+                                      "detection / fuzzing: balanced accuracy of a classifier (delphi).")
+@click.option("--with", "backend_kind", type=click.Choice(["local", "api"]), default="local", show_default=True,
+              help="The model that simulates or classifies: local, or an OpenAI-compatible server.")
+@click.option("--explainer", "only", help="Score only the explanations written by this explainer.")
+@click.option("--top", "n_top", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Held-out top records (odd ranks) per score.")
+@click.option("--random", "n_random", default=5, show_default=True, type=click.IntRange(min=0),
+              help="Random records per score.")
+@click.option("--rescore", is_flag=True, help="Score again explanations that already have this scorer's score.")
+@_selection_options
+@_backend_options
+@store_option
+def score(method: str, backend_kind: str, only: str | None, n_top: int, n_random: int, rescore: bool,
+          neurons: tuple[str, ...], select: str | None, limit: int | None, base_url, api_model, concurrency,
+          local_model, device, batch_size, store_url: str | None) -> None:
+    """Score the stored explanations of selected neurons."""
+    from ingest.explain.make import make_scorer
+    from ingest.explain.run import score_neurons, select_neurons
+
+    with open_store(_url(store_url), read_only=False) as store:
+        ids = select_neurons(store, neurons, select, limit, what="score")
+        backend = _backend(backend_kind, store, base_url, api_model, concurrency, local_model, device, batch_size)
+        try:
+            report = score_neurons(store, ids, make_scorer(method, backend, n_top=n_top, n_random=n_random),
+                                   explainer=only, rescore=rescore)
+        finally:
+            if hasattr(backend, "close"):
+                backend.close()
+    mean = f", mean {sum(report.values) / len(report.values):.3f}" if report.values else ""
+    click.echo(f"Stored {report.written} {method} scores for {report.neurons} neurons in {report.seconds:.1f} s{mean}"
+               + (f" ({len(report.skipped)} explanations could not be scored)" if report.skipped else ""))
+
+
+@cli.command(name="import")
+@click.argument("fmt", metavar="FORMAT")
+@click.argument("path", type=click.Path())
+@click.option("--model", help="Model id in the store (default: gpt2-xl for openai; the export's model, "
+                              "and /SOURCE_SET for SAE sources, for neuronpedia).")
+@click.option("--on-error", type=click.Choice(["stop", "skip"]), default="stop", show_default=True,
+              help="At a malformed file: stop there, or skip it and go on (it is reported at the end).")
+@store_option
+def import_(fmt: str, path: str, model: str | None, on_error: str, store_url: str | None) -> None:
+    """Import published explanations, records and scores: FORMAT is openai (a local copy of OpenAI's
+    neuron-explainer dataset) or neuronpedia (Neuronpedia export batches).
+
+    Each file is imported whole or not at all; importing the same files again changes nothing.
+    """
+    from ingest.explain.importers import check_source, import_file
+
+    check_source(fmt, path)  # before the store is created or opened
+    with open_store(_url(store_url), create=True) as store:
+        report = import_file(store, fmt, path, model, on_error=on_error)
+    rows = ", ".join(f"{v:,} {k}" for k, v in sorted(report.rows.items())) or "nothing new"
+    click.echo(f"Imported {report.files} files into model {report.model}: {rows}"
+               + (f"; {report.unmatched_tokens} tokens not in the store's vocabulary" if report.unmatched_tokens else ""))
+    if report.errors:
+        for line in report.errors[1:]:
+            click.echo(f"Skipped: {line}", err=True)
+        raise NkbError(f"{len(report.errors)} bad file(s) skipped, nothing imported from them; first: {report.errors[0]}")
 
 
 def main() -> None:

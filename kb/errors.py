@@ -59,3 +59,11 @@ class SchemaError(NkbError):
 
 class IngestError(NkbError):
     """An ingest run cannot go on (bad model, corpus, layers or store state)."""
+
+
+class ConfigError(NkbError):
+    """A setting (config file, environment variable, store location) cannot be used."""
+
+
+class QueryTimeout(QueryError):
+    """A query ran longer than its timeout and was cancelled."""

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kb import schema
+from kb.cypher import quote as _q
 from kb.errors import NkbError
 
 EXPORT_FORMAT = "neuron-kb-export"
@@ -76,10 +77,6 @@ class ExportReport:
     path: str
     format: str
     rows: dict[str, int] = field(default_factory=dict)
-
-
-def _q(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
 
 
 # -- reading a store in batches -----------------------------------------------------------------

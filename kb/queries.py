@@ -37,10 +37,9 @@ from typing import Any
 
 import pandas as pd
 
+from kb import cypher
 from kb.errors import NkbError, ParameterError, UnknownQuery
-# String literals and comments are blanked before looking for placeholders, so a "$x" inside
-# a string or a comment is not a parameter (the same rule the stores' write guard uses).
-from kb.stores.base import _STRINGS_AND_COMMENTS, Store
+from kb.stores.base import Store
 
 
 class _Required:
@@ -63,7 +62,6 @@ REQUIRED: Any = _Required()
 TYPES: dict[str, type] = {"string": str, "int": int, "float": float, "bool": bool}
 _TYPE_NAMES = {v: k for k, v in TYPES.items()}
 
-_PLACEHOLDER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _PARAM_LINE = re.compile(r"^@param\s+([A-Za-z_][A-Za-z0-9_]*)\s*(.*)$")
 # The trailing "(...)" of a @param line: "(required)", "(default: 20)", "(float, default: null = any)".
 _PARAM_SPEC = re.compile(
@@ -73,9 +71,9 @@ _PARAM_SPEC = re.compile(
 
 
 def placeholders(text: str) -> list[str]:
-    """The ``$name`` parameters a Cypher text uses, in order of first use."""
-    found = _PLACEHOLDER.findall(_STRINGS_AND_COMMENTS.sub(" ", text))
-    return list(dict.fromkeys(found))
+    """The ``$name`` parameters a Cypher text uses, in order of first use (a ``$x`` inside a
+    string or a comment is not one)."""
+    return cypher.placeholders(text)
 
 
 def _parse_literal(text: str) -> Any:
@@ -332,20 +330,19 @@ def _close_names(name: str, names: list[str]) -> list[str]:
     return [n for r, n in scored[:3] if r >= max(0.5, scored[0][0] - 0.15)]
 
 
-def run(store: Store, name: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
+def run(store: Store, name: str, params: dict[str, Any] | None = None, *, timeout: float | None = None) -> pd.DataFrame:
     """Run the named query ``name`` on ``store`` with ``params`` (defaults filled in).
 
     Named queries only read: they run in the store's read-only mode whatever it was
     opened with. A parameter bound to null is written into the text as the literal
-    ``null`` (see ``with_nulls``); every other value travels as a parameter.
+    ``null`` (see ``with_nulls``); every other value travels as a parameter. ``timeout``
+    is as for ``Store.cypher``.
     """
     query = get(name)
     bound = query.bind(params)  # refuse bad parameters before touching the store
     nulls = frozenset(k for k, v in bound.items() if v is None)
-    return store.cypher(with_nulls(query.text, nulls), {k: v for k, v in bound.items() if k not in nulls})
-
-
-_CODE_TOKENS = re.compile(_STRINGS_AND_COMMENTS.pattern + r"|\$([A-Za-z_][A-Za-z0-9_]*)", re.DOTALL)
+    return store.cypher(with_nulls(query.text, nulls), {k: v for k, v in bound.items() if k not in nulls},
+                        timeout=timeout)
 
 
 @lru_cache(maxsize=1024)
@@ -360,11 +357,7 @@ def with_nulls(text: str, nulls: frozenset[str]) -> str:
     """
     if not nulls:
         return text
-
-    def sub(m: re.Match) -> str:
-        return "null" if m.group(1) in nulls else m.group(0)
-
-    return _CODE_TOKENS.sub(sub, text)
+    return cypher.replace_placeholders(text, lambda name: "null" if name in nulls else None)
 
 
 # -- composite views built from several named queries --------------------------------------

@@ -169,7 +169,8 @@ NODES: tuple[NodeType, ...] = (
             _p("model", STRING, "Model.id"),
             _p("text", STRING),
             _p("explainer", STRING, "what wrote it: an LLM name, or 'data' for data-derived"),
-            _p("method", STRING, "e.g. top-activations, n2g, lmhead"),
+            _p("method", STRING, "how: top-activations (an LLM, OpenAI's method), summary or n2g "
+               "(data-derived), or an imported source's own name"),
             _p("created_at", STRING, "ISO-8601 time"),
         ),
         "A natural-language explanation of one neuron.",
@@ -182,10 +183,18 @@ NODES: tuple[NodeType, ...] = (
         (
             _p("id", STRING, "<explanation id>/<method>/<scorer>/<split>"),
             _p("model", STRING, "Model.id"),
-            _p("method", STRING, "simulation | detection | fuzzing | ..."),
+            _p("method", STRING, "simulation (correlation) | detection | fuzzing (balanced accuracy) | n2g (F1)"),
             _p("value", DOUBLE),
             _p("scorer", STRING, "what computed it"),
-            _p("split", STRING, "which records: top | random | all | holdout"),
+            _p("split", STRING, "which records: top | random | all | holdout (top records the explainer "
+               "did not see, plus random records)"),
+            _p("explanation", STRING, "Explanation.id"),
+            _p("records", STRING, "the records scored, as kind:ranks, e.g. top:1,3,5;random:0,1 "
+               "(or the source's own name for imported scores)"),
+            _p("n_records", INT64, "how many records were scored"),
+            _p("f1", DOUBLE, "detection / fuzzing: F1 of the scorer's answers (value is the balanced accuracy)"),
+            _p("auc", DOUBLE, "detection / fuzzing: ROC AUC of the scorer's probabilities, where it gives them"),
+            _p("created_at", STRING, "ISO-8601 time"),
         ),
         "One score of one explanation.",
         id_format="<explanation id>/<method>/<scorer>/<split> (kb.ids.ScoreId, parts escaped likewise)",

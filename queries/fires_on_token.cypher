@@ -5,9 +5,12 @@
 // @param token    the firing token's text, e.g. " dog" (required)
 // @param context  the token right before it in the pattern, e.g. " hot" (string, default: null = any context)
 // @param model    restrict to one model (string, default: null = all models)
+// @param min_layer  lowest layer to search (int, default: null = no bound)
+// @param max_layer  highest layer to search (int, default: null = no bound)
 // @param limit    rows to return (default: 20)
 MATCH (n:Neuron)-[f:FIRES_ON]->(t:Token), (n)-[:N2G_ROOT]->(root:N2GNode)
 WHERE t.text = $token AND (n.model = $model OR $model IS NULL)
+  AND (n.layer >= $min_layer OR $min_layer IS NULL) AND (n.layer <= $max_layer OR $max_layer IS NULL)
 // The token tests come after WITH on purpose: inside a MATCH, LadybugDB turns them into
 // scans of every N2GNode instead of walking the tries of the few candidates. One fixed step
 // back, not N2G_PREV*1..k: LadybugDB's variable-length join costs tens of ms on a full

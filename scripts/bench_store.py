@@ -5,13 +5,17 @@ At --scale 1: 30 layers x 1536 neurons (46,080), a 49,152-token vocabulary, 2,00
 snippets of 64 tokens, 10 PROMOTES + 10 SUPPRESSES and 20 ACTIVATES_ON records (64
 activations each) per neuron. --scale shrinks neurons per layer, vocabulary and snippets.
 
-Four measurements, each over the very same frames (generated per batch from a fixed seed,
+Five measurements, each over the very same frames (generated per batch from a fixed seed,
 outside the timed region):
 
-  raw_copy      LadybugDB ``COPY T FROM df`` into a fresh database: the baseline
+  raw_copy      LadybugDB ``COPY T FROM df`` into a fresh database: the embedded baseline
   upsert_new    EmbeddedStore.upsert_* into an empty store
   upsert_again  the same upserts again (the idempotent path: look up, compare, write nothing)
-  bolt          Neo4jStore upserts into FalkorDB over Bolt (tests/servers.py), when available
+  bolt_raw      ``UNWIND $rows ... CREATE`` of the same rows (``df.to_dict("records")``, one
+                write transaction per batch of the store's size) through the neo4j driver into
+                FalkorDB over Bolt (tests/servers.py): the Bolt baseline
+  bolt          Neo4jStore upserts into another graph of the same server; its ratio is
+                against bolt_raw
 
 Each table is handed over as frames of --batch-size rows (default: the embedded store's,
 so one frame per table); --batch-size 50000 shows the cost of many batches, which LadybugDB
@@ -20,8 +24,12 @@ runs, which steadies the numbers on a busy machine. Also timed: four ways to fin
 50,000 ids are stored. Prints a table and writes JSON (rows/s per table and overall, ratios
 against raw_copy). Query latency is measured elsewhere.
 
-    python scripts/bench_store.py --scale 0.1              # smoke test, about a minute
-    python scripts/bench_store.py --repeat 3 --no-bolt     # SmolLM2 size
+Run it from the repository root as a module, so that the test servers import as
+``tests.servers``::
+
+    python -m scripts.bench_store --scale 0.1              # smoke test, about a minute
+    python -m scripts.bench_store --repeat 3 --no-bolt     # SmolLM2 size
+    python -m scripts.bench_store --scale 0.1 --bolt-only --out bench-results/store-bolt.json
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -40,13 +47,10 @@ import ladybug as lb
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from kb import schema  # noqa: E402
-from kb.errors import NkbError  # noqa: E402
-from kb.records import encode_activations  # noqa: E402
-from kb.stores.embedded import EmbeddedStore, table_ddl  # noqa: E402
+from kb import schema
+from kb.errors import NkbError
+from kb.records import encode_activations
+from kb.stores.embedded import EmbeddedStore, table_ddl
 
 MODEL, TOKENIZER = "smol", "smol"
 LAYERS, WIDTH, VOCAB, SNIPPETS, SNIPPET_LEN = 30, 1536, 49_152, 2_000, 64
@@ -248,76 +252,73 @@ def store_writer(store, progress=None) -> Callable[[str, pd.DataFrame], None]:
     return write
 
 
-class OverBudget(Exception):
-    """The Bolt run used up its time; the tables done so far are reported."""
+def raw_unwind_create(driver, graph: str, batch_size: int) -> Callable[[str, pd.DataFrame], None]:
+    """The Bolt baseline: the store's own CREATE statements, rows straight from pandas."""
+    from kb.stores.neo4j import create_nodes_query, create_rels_query
+
+    def write(name: str, df: pd.DataFrame) -> None:
+        if name in schema.NODE_BY_LABEL:
+            query = create_nodes_query(schema.NODE_BY_LABEL[name], list(df.columns))
+        else:
+            query = create_rels_query(schema.REL_BY_TYPE[name], list(df.columns))
+        for start in range(0, len(df), batch_size):
+            rows = df.iloc[start:start + batch_size].to_dict("records")
+            with driver.session(database=graph) as session:
+                session.execute_write(lambda tx: tx.run(query, rows=rows).consume())
+    return write
 
 
 def bolt(data: Synthetic, budget_s: float, log) -> dict:
-    """The Bolt path, or the reason it was not measured."""
-    sys.path.insert(0, str(REPO / "tests"))
+    """Raw UNWIND CREATE and the store's upserts on one FalkorDB Bolt server, or why not."""
     try:
-        from servers import FalkorDBServer
+        import neo4j
 
         from kb.stores import open_store
+        from tests.servers import FalkorDBServer
     except ImportError as e:
-        return {"not_measured": f"the Bolt store or test server is not available: {e}"}
-    deadline = time.perf_counter() + budget_s
-
-    def check_budget(_rows: int) -> None:
-        if time.perf_counter() > deadline:
-            raise OverBudget
-
+        return {"not_measured": f"the Bolt store or test server is not available ({e}); "
+                                "run from the repository root: python -m scripts.bench_store"}
+    out: dict = {}
     try:
         with FalkorDBServer() as server:
             store = open_store(server.url_for_graph("bench"), create=True)
-            write = store_writer(store, progress=check_budget)
-            done: dict = {"tables": {}}
+            driver = neo4j.GraphDatabase.driver(f"bolt://127.0.0.1:{server.port}", auth=("falkordb", server.password))
             try:
-                for name in ORDER:
-                    part = measure(data, write, log, tables=[name])
-                    done["tables"].update(part["tables"])
-            except OverBudget:
-                done["over_budget"] = f"stopped after {budget_s:.0f} s (--bolt-budget); later tables not measured"
-                log(f"  {done['over_budget']}")
+                # The raw graph gets the same indexes the store made for itself, so both sides
+                # find endpoints by index.
+                raw = open_store(server.url_for_graph("raw"), create=True)
+                raw.close()
+                for key, write in (("bolt_raw", raw_unwind_create(driver, "raw", store.default_batch_size)),
+                                   ("bolt", store_writer(store))):
+                    log(f"{key}: {'raw UNWIND CREATE' if key == 'bolt_raw' else 'Neo4jStore upserts'} over Bolt")
+                    out[key] = _budgeted(data, write, budget_s, log)
             finally:
+                driver.close()
                 store.close()
-            rows = sum(t["rows"] for t in done["tables"].values())
-            seconds = sum(t["seconds"] for t in done["tables"].values())
-            if rows and seconds:
-                done["total"] = {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds)}
-            return done if done["tables"] else {"not_measured": done.get("over_budget", "no table finished")}
     except (OSError, RuntimeError, TimeoutError, NkbError) as e:
         return {"not_measured": f"the Bolt path failed: {type(e).__name__}: {e}"}
+    return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scale", type=float, default=1.0, help="fraction of SmolLM2 size (default 1)")
-    ap.add_argument("--batch-size", type=int, default=EmbeddedStore.default_batch_size,
-                    help="rows per frame handed to each write (default: the store's batch size)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="bench-results/store.json", help="JSON results (default %(default)s)")
-    ap.add_argument("--no-bolt", action="store_true", help="skip the Bolt measurement")
-    ap.add_argument("--bolt-budget", type=float, default=300,
-                    help="seconds the Bolt run may take; tables not done by then are not measured (default %(default)s)")
-    ap.add_argument("--workdir", help="where the databases go (default: a temporary directory)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="run the embedded measurements this many times and keep each table's best (default 1)")
-    ap.add_argument("--tables", help="comma-separated relationship types to measure (default: all); "
-                                     "node tables are always written, as the relationships need them")
-    args = ap.parse_args(argv)
-    if args.tables:
-        wanted = {t.strip() for t in args.tables.split(",") if t.strip()}
-        unknown = wanted - set(PER_NEURON)
-        if unknown:
-            ap.error(f"--tables: not a measured relationship type: {', '.join(sorted(unknown))}")
-        ORDER[:] = [name for name in ORDER if name not in PER_NEURON or name in wanted]
+def _budgeted(data: Synthetic, write: Callable[[str, pd.DataFrame], None], budget_s: float, log) -> dict:
+    done: dict = {"tables": {}}
+    start = time.perf_counter()
+    for name in ORDER:
+        if time.perf_counter() - start > budget_s:
+            done["over_budget"] = f"stopped after {budget_s:.0f} s (--bolt-budget); later tables not measured"
+            log(f"  {done['over_budget']}")
+            break
+        done["tables"].update(measure(data, write, log, tables=[name])["tables"])
+    rows = sum(t["rows"] for t in done["tables"].values())
+    seconds = sum(t["seconds"] for t in done["tables"].values())
+    if rows and seconds:
+        done["total"] = {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds)}
+    return done
 
-    data = Synthetic(args.scale, args.batch_size, args.seed)
-    log = print
-    workdir_ctx = tempfile.TemporaryDirectory(dir=args.workdir)
-    results: dict = {}
-    with workdir_ctx as tmp:
+
+def embedded(data: Synthetic, args: argparse.Namespace, results: dict, log) -> None:
+    """The embedded measurements (raw COPY, upserts into an empty store, the same again) and the id look-ups."""
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for r in range(args.repeat):
             workdir = Path(tmp) / f"run{r}"
             workdir.mkdir()
@@ -335,28 +336,58 @@ def main(argv: list[str] | None = None) -> int:
                 want = results["raw_copy"]["counts"][name]
                 if counts[name] != want:
                     raise SystemExit(f"bench: {name} has {counts[name]} rows in the store, {want} after raw COPY")
-    if args.no_bolt:
-        results["bolt"] = {"not_measured": "--no-bolt"}
-    else:
-        log("Neo4jStore upserts over Bolt into FalkorDB")
-        results["bolt"] = bolt(data, args.bolt_budget, log)
-
     log("finding 50,000 ids (half stored) by each way LadybugDB offers")
     results["id_lookup_50k"] = lookups()
     for name, r in results["id_lookup_50k"].items():
         log(f"  {name:<38} {r['seconds']:8.3f} s")
 
-    base = results["raw_copy"]
-    for key in ("upsert_new", "upsert_again", "bolt"):
-        run = results[key]
-        if "total" not in run:
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of SmolLM2 size (default 1)")
+    ap.add_argument("--batch-size", type=int, default=EmbeddedStore.default_batch_size,
+                    help="rows per frame handed to each write (default: the store's batch size)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="bench-results/store.json", help="JSON results (default %(default)s)")
+    ap.add_argument("--no-bolt", action="store_true", help="skip the Bolt measurements")
+    ap.add_argument("--bolt-only", action="store_true", help="only the Bolt measurements (raw UNWIND CREATE and the store)")
+    ap.add_argument("--bolt-budget", type=float, default=300,
+                    help="seconds the Bolt run may take; tables not done by then are not measured (default %(default)s)")
+    ap.add_argument("--workdir", help="where the databases go (default: a temporary directory)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the embedded measurements this many times and keep each table's best (default 1)")
+    ap.add_argument("--tables", help="comma-separated relationship types to measure (default: all); "
+                                     "node tables are always written, as the relationships need them")
+    args = ap.parse_args(argv)
+    if args.tables:
+        wanted = {t.strip() for t in args.tables.split(",") if t.strip()}
+        unknown = wanted - set(PER_NEURON)
+        if unknown:
+            ap.error(f"--tables: not a measured relationship type: {', '.join(sorted(unknown))}")
+        ORDER[:] = [name for name in ORDER if name not in PER_NEURON or name in wanted]
+
+    data = Synthetic(args.scale, args.batch_size, args.seed)
+    log = print
+    results: dict = {}
+    if not args.bolt_only:
+        embedded(data, args, results, log)
+    if args.no_bolt:
+        results["bolt"] = {"not_measured": "--no-bolt"}
+    else:
+        results.update(bolt(data, args.bolt_budget, log))
+
+    # Same rows on both sides, so the throughput ratio is the ratio of times; over the tables
+    # both runs finished (a Bolt run may stop early).
+    for key, base_key in (("upsert_new", "raw_copy"), ("upsert_again", "raw_copy"), ("bolt", "bolt_raw")):
+        run, base = results.get(key, {}), results.get(base_key, {})
+        if "total" not in run or "total" not in base:
             continue
-        # Same rows on both sides, so the throughput ratio is the ratio of times; over the
-        # tables this run finished (a Bolt run may stop early).
-        raw_s = sum(base["tables"][name]["seconds"] for name in run["tables"])
-        run["ratio_vs_raw"] = round(raw_s / run["total"]["seconds"], 3)
-        for name, t in run["tables"].items():
-            t["ratio_vs_raw"] = round(base["tables"][name]["seconds"] / t["seconds"], 3) if t["seconds"] else None
+        both = [name for name in run["tables"] if name in base["tables"]]
+        run[f"ratio_vs_{base_key}"] = round(sum(base["tables"][n]["seconds"] for n in both)
+                                            / sum(run["tables"][n]["seconds"] for n in both), 3)
+        for name in both:
+            t = run["tables"][name]
+            t[f"ratio_vs_{base_key}"] = round(base["tables"][name]["seconds"] / t["seconds"], 3) if t["seconds"] else None
 
     report = {
         "benchmark": "store write throughput",
@@ -374,16 +405,17 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
 
-    runs = [k for k in ("raw_copy", "upsert_new", "upsert_again", "bolt") if "total" in results[k]]
+    runs = [k for k in ("raw_copy", "upsert_new", "upsert_again", "bolt_raw", "bolt") if "total" in results.get(k, {})]
     log("")
     log(f"{'rows/s':<13}" + "".join(f"{k:>14}" for k in runs))
     for name in [*ORDER, "total"]:
         cells = [results[k]["total"] if name == "total" else results[k]["tables"].get(name) for k in runs]
         log(f"{name:<13}" + "".join(f"{c['rows_per_s']:>14,}" if c else f"{'-':>14}" for c in cells))
-    log(f"{'vs raw_copy':<13}" + "".join(f"{results[k].get('ratio_vs_raw', 1.0):>14.2f}" for k in runs))
+    log(f"{'vs baseline':<13}" + "".join(
+        f"{results[k].get('ratio_vs_raw_copy', results[k].get('ratio_vs_bolt_raw', 1.0)):>14.2f}" for k in runs))
     if "bolt" in runs and "over_budget" in results["bolt"]:
         log(f"bolt: {results['bolt']['over_budget']}; its ratio covers the tables it finished")
-    if "not_measured" in results["bolt"]:
+    if "not_measured" in results.get("bolt", {}):
         log(f"bolt: not measured ({results['bolt']['not_measured']})")
     log(f"wrote {out}")
     return 0

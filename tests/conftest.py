@@ -59,3 +59,11 @@ def embedded_store(tmp_path):
     s = open_store(str(tmp_path / "kb"), create=True)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A clean ingest of a tiny Llama (tests/tinyingest.py), made once per session."""
+    from tinyingest import make_tiny_run
+
+    return make_tiny_run(tmp_path_factory.mktemp("tiny-run"))

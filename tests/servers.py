@@ -27,10 +27,23 @@ the server's answers back as they are (adding only what the server leaves out):
   and every message would read "An unknown error occurred". The relay offers Bolt 5.6 at
   most, where the driver reads FalkorDB's ``code`` and ``message``.
 
-What the relay cannot repair is the engine's own behaviour, and the store handles that
-(its "falkordb" dialect): BEGIN/COMMIT/ROLLBACK are no-ops (each query commits on its own),
-read access mode is not enforced, constraints do not exist, and every error is coded
-"SyntaxError".
+The store speaks Neo4j only, so the relay also adapts FalkorDB to Neo4j where the store's
+own statements need it (``adapt_query``, ``adapt_failure``):
+
+- Neo4j's ``CREATE CONSTRAINT ... IF NOT EXISTS ... IS UNIQUE`` and ``CREATE INDEX ... IF NOT
+  EXISTS`` become FalkorDB indexes, made through Redis (``GRAPH.QUERY``) so that an index
+  that exists already is not an error; the RUN the server sees instead returns nothing;
+- ``NOT EXISTS { MATCH <pattern> }`` becomes FalkorDB's pattern predicate ``NOT <pattern>``;
+- ``SHOW INDEXES`` as the tests send it becomes ``CALL db.indexes()``;
+- failures get Neo4j's codes: a parser error ``Neo.ClientError.Statement.SyntaxError`` with
+  the message alone, a missing parameter ``...Statement.ParameterMissing``, an unknown
+  procedure ``...Procedure.ProcedureNotFound``, anything else
+  ``Neo.DatabaseError.Statement.ExecutionFailed`` (FalkorDB codes them all "SyntaxError").
+
+What the relay cannot repair is the engine's own behaviour: BEGIN/COMMIT/ROLLBACK are no-ops
+(each query commits on its own), read access mode and transaction timeouts are not enforced
+(the relay records the timeouts it sees in ``BoltShim.tx_timeouts``), and uniqueness is kept
+only by the store's own look-ups.
 
 The server runs with a random ``requirepass``, which Bolt logins with a password are
 checked against (a wrong password is refused). FalkorDB binds its Bolt port on every
@@ -47,6 +60,7 @@ import ctypes
 import ipaddress
 import math
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -244,6 +258,63 @@ def falkordb_query(query: str, params: dict) -> str:
     return "CYPHER " + " ".join(f"{name}={cypher_literal(v)}" for name, v in params.items()) + " " + query
 
 
+def _pack_failure(code: str, message: str) -> bytes:
+    return (b"\xb1" + bytes([FAILURE]) + b"\xa2" + _pack_string("code") + _pack_string(code)
+            + _pack_string("message") + _pack_string(message))
+
+
+# -- FalkorDB as Neo4j -------------------------------------------------------------------------
+_NEO4J_UNIQUE = re.compile(r"^CREATE CONSTRAINT \S+ IF NOT EXISTS FOR \(n:`([^`]+)`\) REQUIRE n\.`([^`]+)` IS UNIQUE$")
+_NEO4J_INDEX = re.compile(r"^CREATE INDEX \S+ IF NOT EXISTS FOR \(n:`([^`]+)`\) ON \(n\.`([^`]+)`\)$")
+_NOT_EXISTS_MATCH = re.compile(r"NOT EXISTS \{ MATCH (\([^{}]*?\)) \}")
+#: The index list as the tests ask Neo4j for it, and as FalkorDB answers it.
+SHOW_INDEXES = "SHOW INDEXES YIELD labelsOrTypes, properties RETURN labelsOrTypes, properties"
+_FALKORDB_INDEXES = "CALL db.indexes() YIELD label, properties RETURN [label] AS labelsOrTypes, properties"
+# A RUN that answers nothing: what the server gets in place of DDL the relay did itself.
+_NOTHING = "UNWIND [] AS nothing RETURN nothing"
+# FalkorDB's parser errors: "errMsg: Invalid input ... line: 1, column: 10, offset: 9 errCtx: <query> errCtxOffset: 9"
+_FALKORDB_PARSE_ERROR = re.compile(r"^errMsg: (.*?)(?: errCtx: .*)?$", re.DOTALL)
+
+
+def ddl_target(query: str) -> tuple[str, str] | None:
+    """(label, property) of a Neo4j uniqueness constraint or index the store creates, else None."""
+    m = _NEO4J_UNIQUE.match(query) or _NEO4J_INDEX.match(query)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def adapt_query(query: str) -> str:
+    """Neo4j Cypher the store sends, as FalkorDB 4.16 takes it (DDL aside: see ddl_target)."""
+    if query == SHOW_INDEXES:
+        return _FALKORDB_INDEXES
+    return _NOT_EXISTS_MATCH.sub(r"NOT \1", query)
+
+
+def adapt_failure(message: str) -> tuple[str, str]:
+    """(Neo4j code, message) for a FalkorDB failure message."""
+    m = _FALKORDB_PARSE_ERROR.match(message)
+    if m:
+        return "Neo.ClientError.Statement.SyntaxError", m.group(1)
+    if message == "Missing parameters":
+        return "Neo.ClientError.Statement.ParameterMissing", "Expected a parameter the query was not given"
+    if "is not registered" in message:
+        return "Neo.ClientError.Procedure.ProcedureNotFound", message
+    return "Neo.DatabaseError.Statement.ExecutionFailed", message
+
+
+def redis_command(port: int, password: str, *args: str) -> str:
+    """Run one Redis command on loopback; the first line of its reply (an error starts with "-")."""
+    def bulk(text: str) -> bytes:
+        raw = text.encode()
+        return b"$%d\r\n%s\r\n" % (len(raw), raw)
+
+    with socket.create_connection((LOOPBACK, port), timeout=30) as s:
+        reader = s.makefile("rb")
+        for command in (("AUTH", password), args):
+            s.sendall(b"*%d\r\n" % len(command) + b"".join(bulk(a) for a in command))
+            line = reader.readline().decode(errors="replace").rstrip("\r\n")
+        return line
+
+
 # -- the relay -----------------------------------------------------------------------------
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     buf = bytearray()
@@ -287,8 +358,8 @@ class _Relay:
     RESET is answered with SUCCESS once nothing is outstanding.
     """
 
-    def __init__(self, client: socket.socket, upstream: socket.socket):
-        self.client, self.upstream = client, upstream
+    def __init__(self, client: socket.socket, upstream: socket.socket, shim: "BoltShim"):
+        self.client, self.upstream, self.shim = client, upstream, shim
         self.tx_graph: str | None = None
         self._lock = threading.Lock()  # guards the counters below and writes to the client
         self._outstanding = 0  # requests sent up and not yet answered (FalkorDB may answer a PULL early)
@@ -338,6 +409,10 @@ class _Relay:
                 return
             if self._failed:
                 return  # answered with IGNORED already
+            if tag == FAILURE:
+                meta = _Unpacker(message[2:]).value()
+                if "message" in meta:  # a login failure has only a code, ending as Neo4j's does
+                    message = _pack_failure(*adapt_failure(str(meta["message"])))
             self.client.sendall(_chunked(message))
             self._outstanding -= 1
             if tag == FAILURE:
@@ -381,12 +456,21 @@ class _Relay:
         if tag == BEGIN:
             extra = _Unpacker(message[2:]).value()
             self.tx_graph = extra.get("db") or DEFAULT_GRAPH
+            if "tx_timeout" in extra:
+                self.shim.tx_timeouts.append(extra["tx_timeout"])
         elif tag in (COMMIT, ROLLBACK):
             self.tx_graph = None
         elif tag == RUN:
             reader = _Unpacker(message[2:])
             query, params, extra = reader.value(), reader.value(), reader.value()
             graph = self.tx_graph or extra.get("db") or DEFAULT_GRAPH
+            if "tx_timeout" in extra:
+                self.shim.tx_timeouts.append(extra["tx_timeout"])
+            target = ddl_target(query)
+            if target is not None:
+                self.shim.create_index(graph, *target)
+                query = _NOTHING
+            query = adapt_query(query)
             try:
                 query = falkordb_query(query, params)
             except UnsupportedValue as e:
@@ -400,8 +484,11 @@ class _Relay:
 class BoltShim:
     """Listens on 127.0.0.1 and relays Bolt connections to FalkorDB, repairing them."""
 
-    def __init__(self, target_port: int):
+    def __init__(self, target_port: int, redis_port: int = 0, redis_password: str = ""):
         self.target_port = target_port
+        self.redis_port, self.redis_password = redis_port, redis_password
+        #: The transaction timeouts (ms) clients sent, in order.
+        self.tx_timeouts: list[int] = []
         self._listener = socket.create_server((LOOPBACK, 0))
         self.port = self._listener.getsockname()[1]
         self._relays: list[_Relay] = []
@@ -424,13 +511,20 @@ class BoltShim:
                 continue
             for s in (client, upstream):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            relay = _Relay(client, upstream)
+            relay = _Relay(client, upstream, self)
             with self._lock:
                 if self._closed:
                     relay.close()
                     return
                 self._relays.append(relay)
             threading.Thread(target=relay.run, name="bolt-relay", daemon=True).start()
+
+    def create_index(self, graph: str, label: str, prop: str) -> None:
+        """What Neo4j's ``CREATE ... IF NOT EXISTS`` does: make the index unless it exists."""
+        reply = redis_command(self.redis_port, self.redis_password, "GRAPH.QUERY", graph,
+                              f"CREATE INDEX FOR (n:`{label}`) ON (n.`{prop}`)")
+        if reply.startswith("-") and "already indexed" not in reply:
+            raise ServerError(f"FalkorDB refused an index on {label}.{prop}: {reply}")
 
     def close(self) -> None:
         with self._lock:
@@ -502,7 +596,7 @@ class FalkorDBServer:
             deadline = time.monotonic() + self.startup_timeout
             while time.monotonic() < deadline and self._proc.poll() is None:
                 if _bolt_answers(self.bolt_port):
-                    self._shim = BoltShim(self.bolt_port)
+                    self._shim = BoltShim(self.bolt_port, self.redis_port, self.password)
                     return self
                 time.sleep(0.05)
             last_log = log.read_text(errors="replace")[-2000:] if log.exists() else ""

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kb import __version__, queries
+from dump import dump
+from kb import __version__, queries, schema
 from kb.records import decode_activations
 from kb.cli import cli
 from kb.errors import UnknownQuery
@@ -48,6 +49,28 @@ def one_error_line(result) -> str:
 def counts(url: str) -> dict[str, int]:
     with open_store(url, read_only=True) as s:
         return s.counts()
+
+
+def snapshot(url: str) -> dict[str, list[tuple]]:
+    """Every node and relationship with its properties, and the store's metadata (tests/dump.py)."""
+    with open_store(url, read_only=True) as s:
+        return dump(s)
+
+
+def stats_rows(result) -> dict[tuple[str, str], int]:
+    assert result.exit_code == 0, result.output
+    return {(r["kind"], r["name"]): r["count"] for r in json.loads(result.output)}
+
+
+def expected_stats(kb=None) -> dict[tuple[str, str], int]:
+    """What `nkb stats` must print, counted by the test from the frames it wrote (not store.counts())."""
+    out = {("node", label): 0 for label in schema.NODE_BY_LABEL}
+    out.update({("relationship", t): 0 for t in schema.REL_BY_TYPE})
+    if kb is not None:
+        out.update({("node", label): len(df) for label, df in kb.nodes.items()})
+        out.update({("relationship", t): len(df) for t, df in kb.rels.items()})
+        out.update({("model", m): int(n) for m, n in kb.nodes["Neuron"]["model"].value_counts().items()})
+    return out
 
 
 def tree_digest(path: Path) -> str:
@@ -98,18 +121,12 @@ def test_init_then_stats(tmp_path):
     assert result.output.strip() == f"Created an empty knowledge base at {url}"
     again = invoke(url, "init")
     assert again.exit_code == 0 and again.output.strip() == f"A knowledge base already exists at {url}"
-    rows = json.loads(invoke(url, "stats", "--format", "json").output)
-    assert {r["name"]: r["count"] for r in rows} == counts(url)
-    assert all(r["count"] == 0 for r in rows) and not [r for r in rows if r["kind"] == "model"]
+    assert stats_rows(invoke(url, "stats", "--format", "json")) == expected_stats()
 
 
 def test_stats(kb_path):
-    rows = json.loads(invoke(kb_path, "stats", "--format", "json").output)
-    by_name = {(r["kind"], r["name"]): r["count"] for r in rows}
-    for label, df in KB.nodes.items():
-        assert by_name[("node", label)] == len(df)
-    for rel_type, df in KB.rels.items():
-        assert by_name[("relationship", rel_type)] == len(df)
+    by_name = stats_rows(invoke(kb_path, "stats", "--format", "json"))
+    assert by_name == expected_stats(KB)
     assert by_name[("model", "alpha")] == 24 and by_name[("model", "beta")] == 18
     table = invoke(kb_path, "stats").output
     assert table.splitlines()[0].split() == ["kind", "name", "count"]
@@ -166,11 +183,12 @@ def test_show(kb_path):
     text = result.output
     n = KB.neuron("alpha/0/0")
     assert text.splitlines()[0].startswith("alpha/0/0")
-    for section in ("Promotes:", "Suppresses:", "Reads (gate):", "Reads (up):", "Activation records (top):", "Explanations:"):
+    for section in ("Promotes:", "Suppresses:", "Reads (gate):", "Reads (up):", "Activation records (top):", "N2G graph",
+                    "Explanations:"):
         assert section in text
     assert json.dumps(n["explanation"]) in text
     # Every record marks at least its maximum token, and nothing is marked by ANSI off a TTY.
-    records = [line for line in text.split("Activation records (top):")[1].split("Explanations:")[0].splitlines() if line.strip()]
+    records = [line for line in text.split("Activation records (top):")[1].split("N2G graph")[0].splitlines() if line.strip()]
     assert len(records) == 4 and all("[[" in r and "]]" in r for r in records)
     assert "\x1b[" not in text
     for e in KB.nodes["Explanation"][lambda d: d["neuron"] == "alpha/0/0"].itertuples():
@@ -181,7 +199,74 @@ def test_show_json(kb_path):
     card = json.loads(invoke(kb_path, "show", "beta/1/2", "--format", "json", "--tokens", "2").output)
     assert card["neuron"]["neuron"] == "beta/1/2"
     assert len(card["promotes"]) == 2 and len(card["suppresses"]) == 2
-    assert set(card) == {"neuron", "promotes", "suppresses", "reads", "records", "record_kind", "explanations"}
+    assert set(card) == {"neuron", "promotes", "suppresses", "reads", "records", "record_kind", "explanations", "n2g"}
+
+
+def _kb_patterns(neuron: str) -> list[tuple[list[str], float]]:
+    """The small KB's N2G patterns of one neuron, in reading order, worked out from its node rows."""
+    nodes = KB.nodes["N2GNode"][lambda d: d["neuron"] == neuron]
+    text = {r.id: r.token for r in nodes.itertuples()}
+    out = []
+    for r in nodes[nodes["is_end"]].itertuples():
+        head, path = r.id.rsplit("/", 1)
+        ids = path.split(".")
+        out.append(([text[f"{head}/{'.'.join(ids[:k])}"] for k in range(len(ids), 0, -1)], r.activation))
+    return sorted(out, key=lambda p: (-p[1], p[0]))
+
+
+def test_show_includes_the_n2g_graph(kb_path):
+    text = invoke(kb_path, "show", "alpha/0/0").output
+    graph = text.split("N2G graph (")[1].split("Explanations:")[0].splitlines()[1:]
+    want = _kb_patterns("alpha/0/0")
+    assert want and [line.strip() for line in graph if line.strip()] == [
+        f"{act:.2f}  {' '.join(json.dumps(t) for t in tokens[:-1])} [{json.dumps(tokens[-1])}]".replace("  [", "  [")
+        for tokens, act in want]
+    card = json.loads(invoke(kb_path, "show", "alpha/0/0", "--format", "json").output)
+    assert [(p["tokens"], p["activation"]) for p in card["n2g"]] == [(t, a) for t, a in want]
+    assert "N2G graph (0 patterns" in invoke(kb_path, "show", "alpha/0/1").output
+
+
+def test_search_fires_on_after(kb_path):
+    rows = json.loads(invoke(kb_path, "search", "--fires-on", " dog", "--after", " hot", "--format", "json").output)
+    fires = KB.rels["FIRES_ON"].merge(KB.nodes["Token"], left_on="dst", right_on="id")
+    dog = set(fires[fires["text"] == " dog"]["src"])
+    # kbdata: neurons 0, 8, 16... of each model fire on " dog" after " hot", the other dog neurons after " the"
+    assert rows and {r["neuron"] for r in rows} < dog and all(r["context_matches"] == 1 for r in rows)
+    the = json.loads(invoke(kb_path, "search", "--fires-on", " dog", "--after", " the", "--format", "json").output)
+    assert {r["neuron"] for r in rows} | {r["neuron"] for r in the} == dog
+    layered = json.loads(invoke(kb_path, "search", "--fires-on", " dog", "--layers", "0,2-3", "--format", "json").output)
+    assert {r["neuron"] for r in layered} == {n for n in dog if KB.neuron(n)["layer"] in (0, 2, 3)}
+
+
+def test_render_svg(kb_path, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    out = tmp_path / "g.svg"
+    result = invoke(kb_path, "render", "alpha/0/0", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    svg = ET.parse(out).getroot()
+    texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    for tokens, _ in _kb_patterns("alpha/0/0"):
+        for t in tokens:
+            assert json.dumps(t)[1:-1] in texts
+
+
+@pytest.mark.parametrize("out,expected", [
+    ("missing-dir/g.svg", "is not a writable directory"),
+    ("g.txt", "must end in .svg or .png"),
+])
+def test_render_refuses_bad_output_paths(kb_path, tmp_path, out, expected):
+    line = one_error_line(invoke(kb_path, "render", "alpha/0/0", "--out", str(tmp_path / out)))
+    assert expected in line
+    assert not (tmp_path / out).exists() and not (tmp_path / "missing-dir").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".n2g-")]
+
+
+def test_render_and_predict_refuse_a_neuron_without_a_graph(kb_path, tmp_path):
+    assert "has no N2G graph yet" in one_error_line(invoke(kb_path, "render", "alpha/0/1", "--out", str(tmp_path / "g.svg")))
+    assert one_error_line(invoke(kb_path, "render", "alpha/9/9", "--out", str(tmp_path / "g.svg"))).startswith(
+        "Error: no neuron 'alpha/9/9' in the store")
+    assert not (tmp_path / "g.svg").exists()
 
 
 def test_mark_firing():
@@ -195,9 +280,9 @@ def test_mark_firing():
 
 
 def test_delete_model(kb_path):
-    before = counts(kb_path)
+    before, unchanged = counts(kb_path), snapshot(kb_path)
     refused = invoke(kb_path, "delete-model", "beta", input="n\n")
-    assert refused.exit_code == 1 and counts(kb_path) == before
+    assert refused.exit_code == 1 and snapshot(kb_path) == unchanged
     result = invoke(kb_path, "delete-model", "beta", "--yes")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("Deleted model beta: ")
@@ -209,12 +294,12 @@ def test_delete_model(kb_path):
 
 
 def test_write_needs_write_flag(kb_path):
-    before = counts(kb_path)
+    before, unchanged = counts(kb_path), snapshot(kb_path)
     create = "CREATE (:Model {id: 'gamma', kind: 'lm'})"
     line = one_error_line(invoke(kb_path, "query", create))
-    assert line.startswith("Error: the query writes (CREATE) but the store is opened read-only (")
+    assert line.startswith("Error: the query writes (CREATE) but it runs read-only (")
     assert "--write" in line
-    assert counts(kb_path) == before
+    assert snapshot(kb_path) == unchanged
     assert invoke(kb_path, "query", create, "--write").exit_code == 0
     assert counts(kb_path)["Model"] == before["Model"] + 1
 
@@ -255,11 +340,11 @@ def test_real_subprocess(kb_path, tmp_path):
     (["query", "MATCH (n:Nope) RETURN n"], None),
 ])
 def test_bad_input_is_one_line(kb_path, args, expected):
-    before = counts(kb_path)
+    before = snapshot(kb_path)
     line = one_error_line(invoke(kb_path, *args))
     if expected:
         assert line == expected
-    assert counts(kb_path) == before
+    assert snapshot(kb_path) == before
 
 
 def test_debug_shows_the_exception(kb_path):
@@ -277,10 +362,10 @@ def test_debug_shows_the_exception(kb_path):
     ["show", "alpha/0/0", "--format", "csv"],
 ])
 def test_usage_errors_exit_2(kb_path, args):
-    before = counts(kb_path)
+    before = snapshot(kb_path)
     result = invoke(kb_path, *args)
     assert result.exit_code == 2, result.output
-    assert counts(kb_path) == before
+    assert snapshot(kb_path) == before
 
 
 def test_missing_store(tmp_path):
@@ -312,17 +397,15 @@ def test_other_schema_version(kb_path):
     assert tree_digest(Path(kb_path).parent) == digest
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_server_unreachable():
-    url = f"bolt://127.0.0.1:{_closed_port()}"
-    for args in (["stats"], ["query", "RETURN 1 AS x"]):
-        line = one_error_line(invoke(url, *args))
-        assert "127.0.0.1" in line
+    # The port stays bound (and not listening) for the whole test, so nobody can take it and
+    # a connection to it is refused.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        url = f"bolt://127.0.0.1:{held.getsockname()[1]}"
+        for args in (["stats"], ["query", "RETURN 1 AS x"]):
+            line = one_error_line(invoke(url, *args))
+            assert "127.0.0.1" in line
 
 
 def test_wrong_password(bolt_server):
@@ -350,10 +433,9 @@ def test_wrong_password_real_neo4j():
 def test_flow_on_every_engine(store_url):
     assert invoke(store_url, "init").exit_code == 0
     with open_store(store_url) as s:
-        build_small_kb(s)
-        expected = s.counts()
-    rows = json.loads(invoke(store_url, "stats", "--format", "json").output)
-    assert {r["name"]: r["count"] for r in rows if r["kind"] != "model"} == expected
+        kb = build_small_kb(s)
+        expected = dump(s)
+    assert stats_rows(invoke(store_url, "stats", "--format", "json")) == expected_stats(kb)
     got = json.loads(invoke(store_url, "query", "--name", "match_chain", "-p", "neuron=alpha/0/0", "-p", "hops=1",
                             "--format", "json").output)
     assert {r["matched_from"] for r in got} == {"alpha/0/0"} and len(got) == 3
@@ -361,5 +443,4 @@ def test_flow_on_every_engine(store_url):
     one_error_line(invoke(store_url, "query", "MATCH (n:Neuron RETURN n"))
     one_error_line(invoke(store_url, "query", "CREATE (:Model {id: 'gamma'})"))
     one_error_line(invoke(store_url, "query", "--name", "promotes_token"))
-    with open_store(store_url, read_only=True) as s:
-        assert s.counts() == expected
+    assert snapshot(store_url) == expected

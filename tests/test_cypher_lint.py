@@ -14,23 +14,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from kb import schema
+from kb import cypher, schema
 from kb.stores import neo4j as backend
-from kb.stores.base import _STRINGS_AND_COMMENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT_SCRIPT = Path(__file__).with_name("cypher_lint.mjs")
 LINTER_DIR = Path(os.environ.get("NKB_CYPHER_LINT_DIR", ROOT / ".ci"))
 QUERY_FILES = sorted((ROOT / "queries").glob("*.cypher"))
 INSTALL_HINT = "run .ci/install-cypher-lint"
-_PARAM = re.compile(r"\$`?([A-Za-z_][A-Za-z0-9_]*)`?")
 
 
 def _in_ci() -> bool:
@@ -66,7 +63,7 @@ def run_linter(queries: dict[str, str]) -> dict[str, list[dict]]:
     request = {
         "schema": lint_schema(),
         "queries": [{"name": name, "query": text,
-                     "parameters": {p: None for p in _PARAM.findall(_STRINGS_AND_COMMENTS.sub(" ", text))}}
+                     "parameters": {p: None for p in cypher.placeholders(text)}}
                     for name, text in queries.items()],
     }
     env = {**os.environ, "NKB_CYPHER_LINT_DIR": str(LINTER_DIR)}
@@ -88,7 +85,7 @@ def linter():
 
 
 def _statement_names() -> dict[str, str]:
-    return {f"backend {i:03d}": text for i, text in enumerate(backend.statements("neo4j"))}
+    return {f"backend {i:03d}": text for i, text in enumerate(backend.statements())}
 
 
 # What a real Neo4j 5 refuses; the linter must flag each, or the tests below prove nothing.
@@ -97,7 +94,7 @@ BROKEN = {
     "broken: falkordb constraint syntax": "CREATE CONSTRAINT ON (n:Model) ASSERT n.id IS UNIQUE",
     "broken: undefined variable": "MATCH (n:Neuron) RETURN m.id",
     "broken: unknown function": "MATCH (n:Neuron) RETURN toUpperCase(n.id) AS id",
-    "broken: unknown procedure": backend.PROBE_FALKORDB,
+    "broken: unknown procedure": "CALL db.indexes() YIELD label, properties RETURN label, properties",
 }
 FINE = {"fine: node upsert": backend.upsert_nodes_query(schema.node_type("Neuron"), ["id", "model"])}
 

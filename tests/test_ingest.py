@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import gc
+import json
+import re
+
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
-from dump import dump
-from ingest.pipeline import IngestConfig, Pipeline, ingest, parse_layers
+from dump import dump, without_run_configs
+from ingest.activations import ActivationCollector
+from ingest.pipeline import IngestConfig, Pipeline, Reporter, ingest, parse_layers
 from kb import schema
+from kb.cli import cli
 from kb.errors import IngestError
 from kb.records import decode_activations
 from kb.stores import open_store
@@ -68,7 +75,11 @@ def test_every_neuron_gets_tokens_records_and_statistics(ingested):
         assert sum(r["kind"] == "random" for r in recs) == cfg.n_random
     snippet_ids = {row[0] for row in kb["Snippet"]}
     assert {r["dst"] for r in records} == snippet_ids
-    assert [s.stage for s in report.stages] == ["model", "lmhead", "activations", "embed", "tokens", "similar"]
+    assert [s.stage for s in report.stages] == ["model", "lmhead", "activations", "describe", "embed", "tokens",
+                                                "similar"]
+    # describe: one data-derived summary per neuron, labelled as such
+    summaries = [row for row in kb["Explanation"] if row[0].endswith("/data/summary")]
+    assert len(summaries) == len(neurons)
 
 
 def test_running_again_changes_nothing(ingested, tiny_dir):
@@ -94,18 +105,27 @@ def test_models_with_one_tokenizer_share_its_tokens(ingested, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change, message",
+    "change, args, message",
     [
-        (dict(layers=[7]), r"layer 7 is out of range: tiny has 2 layers \(0-1\)"),
-        (dict(stages=["nonsense"]), r"unknown stage\(s\): nonsense"),
-        (dict(tokens=16), r"less than one window"),
+        (dict(layers=[7]), ["--layers", "7"], r"layer 7 is out of range: tiny has 2 layers \(0-1\)"),
+        (dict(stages=["nonsense"]), ["--stages", "nonsense"], r"unknown stage\(s\): nonsense"),
+        (dict(tokens=16), ["--tokens", "16"], r"less than one window"),
+        (dict(max_memory="4000"), ["--max-memory", "4000"], r"--max-memory '4000' is not a size with a unit"),
+        (dict(max_memory="1M"), ["--max-memory", "1M"], r"--max-memory 1 MB is too small for .* one layer of tiny"),
     ],
 )
-def test_bad_settings_fail_before_anything_is_written(tmp_path, tiny_dir, change, message):
-    cfg = IngestConfig(model=str(tiny_dir), name="tiny", **{**SMALL, **change})
-    with pytest.raises(IngestError, match=message):
-        Pipeline(cfg).prepare()
-    assert not (tmp_path / "kb").exists()
+def test_bad_settings_fail_before_anything_is_written(ingested, tmp_path, tiny_dir, change, args, message):
+    # Into an existing store: refused, and the store is exactly as it was.
+    url, _, _, before = ingested
+    with open_store(url) as store:
+        with pytest.raises(IngestError, match=message):
+            ingest(store, IngestConfig(model=str(tiny_dir), name="tiny", **{**SMALL, **change}))
+        assert dump(store) == before
+    # From the command line, into a store that does not exist yet: none is created.
+    new = tmp_path / "kb"
+    result = CliRunner().invoke(cli, ["ingest", str(tiny_dir), "--name", "tiny", "--store", str(new), *args])
+    assert result.exit_code == 1 and re.search(message, result.stderr), result.output
+    assert not new.exists() and not list(tmp_path.iterdir())
 
 
 def test_a_different_model_under_the_same_name_is_refused(ingested, tmp_path):
@@ -139,4 +159,90 @@ def test_bundled_smollm2_end_to_end(tmp_path):
         stats = store.cypher("MATCH (n:Neuron) WHERE n.layer = 29 RETURN n.max_act AS mx, n.density AS d, n.n_tokens AS t")
         assert len(stats) == 1536 and (stats["t"] == 1024).all()
         assert ((stats["d"] >= 0) & (stats["d"] <= 1)).all() and np.isfinite(stats["mx"]).all()
-    assert [s.layers_done for s in report.stages] == [[0, 29], [0, 29], [0, 29]]
+    assert [s.layers_done for s in report.stages] == [[0, 29], [0, 29], [0, 29], [0, 29]]
+
+
+def _one_layer_per_pass(tiny_dir) -> str:
+    """A --max-memory that fits the pass of one layer of the tiny model, not two."""
+    plan = Pipeline(IngestConfig(model=str(tiny_dir), name="tiny", max_memory="1T", **SMALL)).prepare().memory
+    return f"{(plan.peak(1) + plan.per_layer // 2) // 1024}K"
+
+
+class GroupWatch(Reporter):
+    """Records the activation groups begun, the collectors alive as each begins, the notes,
+    and the tokens reported; raises Killed at the ``kill_at``-th advance of ``kill_in``."""
+
+    def __init__(self, kill_in: str | None = None, kill_at: int = 0):
+        self.groups, self.alive, self.notes, self.advances = [], [], [], []
+        self.kill_in, self.kill_at, self.stage = kill_in, kill_at, None
+
+    def begin(self, stage, total, unit):
+        self.stage = stage
+        if stage.startswith("activations"):
+            self.groups.append(stage)
+            self.alive.append(sum(type(o) is ActivationCollector for o in gc.get_objects()))
+            self.in_stage = 0
+
+    def advance(self, n):
+        if self.stage and self.stage.startswith("activations"):
+            self.advances.append(n)
+            self.in_stage += 1
+            if self.stage == self.kill_in and self.in_stage == self.kill_at:
+                raise Killed
+
+    def note(self, message):
+        self.notes.append(message)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_layer_groups_give_the_kb_of_one_pass(ingested, tiny_dir, tmp_path):
+    _, _, _, one_pass = ingested
+    cfg = IngestConfig(model=str(tiny_dir), name="tiny", max_memory=_one_layer_per_pass(tiny_dir), **SMALL)
+    watch = GroupWatch()
+    with open_store(str(tmp_path / "kb"), create=True) as store:
+        ingest(store, cfg, watch)
+        assert without_run_configs(dump(store)) == without_run_configs(one_pass)  # max_memory is saved
+    assert watch.groups == ["activations 1/2", "activations 2/2"]
+    assert watch.alive == [0, 0]  # the first group's state is gone before the second begins
+    assert any(n.startswith("memory estimate for tiny:") for n in watch.notes)
+    assert any("2 groups of at most 1 layers" in n for n in watch.notes)
+
+
+def test_a_killed_grouped_run_resumes_its_group(ingested, tiny_dir, tmp_path):
+    _, _, _, one_pass = ingested
+    settings = dict(SMALL, max_memory=_one_layer_per_pass(tiny_dir), checkpoint_seconds=0.0)
+    url = str(tmp_path / "kb")
+    with open_store(url, create=True) as store:
+        with pytest.raises(Killed):
+            ingest(store, IngestConfig(model=str(tiny_dir), name="tiny", **settings),
+                   GroupWatch(kill_in="activations 2/2", kill_at=3))
+        checkpoint = store.artifact_dir() / "tiny" / "activations.pt"
+        assert checkpoint.exists()
+        assert json.loads(checkpoint.with_name("activations.json").read_text())["layers"] == [1]
+        watch = GroupWatch()
+        report = ingest(store, IngestConfig(model=str(tiny_dir), name="tiny", **settings), watch)
+        assert without_run_configs(dump(store)) == without_run_configs(one_pass)  # max_memory is saved
+        assert not checkpoint.exists()
+    assert report.stages[2].layers_done == [1] and report.stages[2].layers_skipped == [0]
+    # The group resumed from its checkpoint: 2 of 8 batches saved before the third was killed.
+    assert watch.groups == ["activations"] and watch.advances[0] == 2 * SMALL["batch_size"] * SMALL["window"]
+
+
+def test_max_memory_too_small_is_one_line_and_writes_nothing(tiny_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from kb.cli import cli
+
+    store = tmp_path / "kb"
+    result = CliRunner().invoke(cli, ["ingest", str(tiny_dir), "--name", "tiny", "--tokens", "2048",
+                                      "--max-memory", "100M", "--store", str(store)], catch_exceptions=False)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert lines[0].startswith("Error: --max-memory 100 MB is too small for the LM-head decode of one layer of tiny: "
+                               "it needs about ")
+    assert "(raise --max-memory to at least " in lines[0]
+    assert not store.exists()

@@ -1,63 +1,99 @@
-"""A real `nkb ingest` process killed with SIGKILL mid-run, then resumed, yields exactly the
-knowledge base of an uninterrupted run."""
+"""A real ingest process killed with SIGKILL at a chosen point, then resumed, yields exactly the
+knowledge base of an uninterrupted run.
+
+The kill comes from the pipeline's own progress reports, not a timer: the child process runs
+the ingest with a Reporter that SIGKILLs its own process at the n-th report of a given kind,
+so every run stops at the same point whatever the machine's speed. Its pipes are drained by
+``subprocess.run``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from dump import dump
+from ingest.pipeline import IngestConfig, ingest
 from kb.stores import open_store
-from tinymodels import save_tiny_model
 
-NKB = str(Path(sys.executable).parent / "nkb")
-ARGS = ["--tokens", "32768", "--window", "32", "--batch-size", "2", "--checkpoint-every", "5",
-        "--top-k", "5", "--random", "3", "--quantiles", "2", "--per-quantile", "1", "--lmhead-k", "3"]
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, os, signal, sys
+from ingest.pipeline import IngestConfig, Reporter, ingest
+from kb.stores import open_store
+
+spec = json.loads(sys.argv[1])
+
+class KillAt(Reporter):
+    stage, seen = None, 0
+
+    def begin(self, stage, total, unit):
+        self.stage = stage
+
+    def advance(self, n):
+        self.event(self.stage, "advance")
+
+    def layer_written(self, stage, layer):
+        self.event(stage, f"written {layer}")
+
+    def event(self, stage, what):
+        if (stage, what) == (spec["stage"], spec["event"]):
+            self.seen += 1
+            if self.seen == spec["nth"]:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+with open_store(spec["store"], create=True) as store:
+    ingest(store, IngestConfig(**spec["config"]), KillAt())
+sys.exit(3)  # the kill point was never reached
+"""
 
 
-def _ingest(model_dir: Path, store: Path) -> subprocess.Popen:
-    env = {**os.environ, "NKB_STORE": str(store)}
-    return subprocess.Popen([NKB, "ingest", str(model_dir), "--name", "tiny", *ARGS], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def kill_at(store: Path, cfg: IngestConfig, stage: str, event: str, nth: int) -> None:
+    spec = {"store": str(store), "config": cfg.as_dict(), "stage": stage, "event": event, "nth": nth}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == -signal.SIGKILL, f"exit {done.returncode}:\n{done.stderr[-3000:]}"
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("m") / "tiny", "gpt2", seed=3)
-
-
-def test_killed_ingest_resumes_to_the_same_kb(tmp_path, model_dir):
-    clean = _ingest(model_dir, tmp_path / "clean")
-    out, err = clean.communicate(timeout=600)
-    assert clean.returncode == 0, err
-
-    store = tmp_path / "killed"
-    checkpoint = store / "artifacts" / "tiny" / "activations.pt"
-    proc = _ingest(model_dir, store)
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists():
-        assert proc.poll() is None, f"ingest ended before its first checkpoint: {proc.stderr.read()}"
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-
+def markers(store: Path, stage: str) -> list[int]:
     with open_store(str(store), read_only=True) as s:
-        interrupted = s.cypher("MATCH (n:NkbMeta) WHERE n.key STARTS WITH 'ingest/tiny/activations/' "
-                               "RETURN count(*) AS c")["c"].iloc[0]
-    assert interrupted < 2, "the run was not interrupted during the activation pass"
+        keys = s.cypher("MATCH (m:NkbMeta) WHERE m.key STARTS WITH $p RETURN m.key AS k", {"p": f"ingest/tiny/{stage}/"})
+    return sorted(int(k.rsplit("/", 1)[1]) for k in keys["k"])
 
-    resumed = _ingest(model_dir, store)
-    _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err
+
+def count(store: Path, rel: str) -> int:
+    with open_store(str(store), read_only=True) as s:
+        return int(s.cypher(f"MATCH ()-[r:{rel}]->() RETURN count(r) AS c")["c"].iloc[0])
+
+
+@pytest.mark.parametrize("stage, event, nth", [
+    ("lmhead", "advance", 1),  # during lmhead: layer 0 written and marked, layer 1 not begun
+    ("activations", "advance", 3),  # during the activation pass: after batch 3 of 5 (checkpointed after every batch)
+    ("activations", "written 0", 1),  # layer 0's records written, its done marker not
+], ids=["during-lmhead", "during-activation-pass", "records-written-not-marked"])
+def test_killed_ingest_resumes_to_the_same_kb(tiny_run, tmp_path, stage, event, nth):
+    store = tmp_path / "killed"
+    cfg = tiny_run.config()
+    kill_at(store, cfg, stage, event, nth)
+
+    checkpoint = store / "artifacts" / "tiny" / "activations.pt"
+    if stage == "lmhead":
+        assert markers(store, "lmhead") == [0] and count(store, "ACTIVATES_ON") == 0
+    elif event == "advance":
+        assert markers(store, "lmhead") == [0, 1] and markers(store, "activations") == []
+        assert checkpoint.exists() and count(store, "ACTIVATES_ON") == 0
+    else:
+        assert markers(store, "activations") == [] and count(store, "ACTIVATES_ON") > 0
+
+    with open_store(str(store)) as s:
+        ingest(s, cfg)
+        assert dump(s) == tiny_run.dump
     assert not checkpoint.exists()
-
-    with open_store(str(tmp_path / "clean"), read_only=True) as a, open_store(str(store), read_only=True) as b:
-        assert dump(b) == dump(a)

@@ -9,6 +9,7 @@ files are named ``test_embedded_*`` and use a temporary directory of their own.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from kb.errors import (
     StoreNotFound,
 )
 from kb.records import decode_activations, encode_activations
+from dump import dump
 from kb.stores import open_store
 
 SEED = 1234
@@ -203,6 +205,7 @@ def test_schema_version_mismatch_refuses_and_changes_nothing(store_url, frames, 
     with open_store(store_url, create=True) as s:
         load(s, frames)
         s.set_meta("schema_version", "999")
+        before = dump(s)
     for read_only in (False, True):
         with pytest.raises(SchemaVersionMismatch) as err:
             open_store(store_url, read_only=read_only)
@@ -212,7 +215,7 @@ def test_schema_version_mismatch_refuses_and_changes_nothing(store_url, frames, 
     # Seen by code of version 999, the store is intact.
     monkeypatch.setattr(schema, "SCHEMA_VERSION", 999)
     with open_store(store_url, read_only=True) as s:
-        assert s.counts() == expected_counts(frames)
+        assert dump(s) == before
 
 
 def test_embedded_mismatch_leaves_files_untouched(tmp_path, frames):
@@ -257,6 +260,100 @@ def test_embedded_store_is_a_directory_with_room_beside_the_graph(tmp_path):
         assert s.counts()["Neuron"] == 0
 
 
+def _pool_mb(store) -> int:
+    """The buffer pool the engine itself reports (not what we asked for)."""
+    return int(store._scalar("CALL bm_info() RETURN mem_limit")) // 2**20
+
+
+def test_embedded_buffer_pool_setting_is_applied(tmp_path, monkeypatch):
+    from kb import config
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.delenv(config.BUFFER_POOL_ENV, raising=False)
+    url = str(tmp_path / "kb")
+    with open_store(url, create=True) as s:
+        assert _pool_mb(s) == config.DEFAULT_BUFFER_POOL_MB
+    (tmp_path / "cfg" / "neuron-kb").mkdir(parents=True)
+    (tmp_path / "cfg" / "neuron-kb" / "config.toml").write_text("buffer_pool_mb = 200\n")
+    with open_store(url, read_only=True) as s:
+        assert _pool_mb(s) == 200
+    monkeypatch.setenv(config.BUFFER_POOL_ENV, "96")  # the environment wins over the file
+    for read_only in (False, True):
+        with open_store(url, read_only=read_only) as s:
+            assert _pool_mb(s) == 96
+
+
+def _neurons(layer: int, n: int) -> pd.DataFrame:
+    return pd.DataFrame({"id": [f"m/{layer}/{i}" for i in range(n)], "model": "m", "layer": layer,
+                         "idx": np.arange(n)})
+
+
+def test_embedded_many_node_batches_fit_a_small_buffer_pool(tmp_path, monkeypatch):
+    """Each node COPY pins ~16 MB of LadybugDB's pool until close: 30 per-layer batches of
+    Neurons into 64 MB must not depend on that path."""
+    monkeypatch.setenv("NKB_BUFFER_POOL_MB", "64")
+    with open_store(str(tmp_path / "kb"), create=True) as s:
+        for layer in range(30):
+            s.upsert_nodes("Neuron", _neurons(layer, 50))
+        s.upsert_nodes("Neuron", _neurons(3, 60).assign(max_act=1.5))  # 50 updates and 10 new
+        got = s.cypher("MATCH (n:Neuron) RETURN n.layer AS layer, count(*) AS n, max(n.max_act) AS mx "
+                       "ORDER BY layer")
+    assert got["n"].tolist() == [50] * 3 + [60] + [50] * 26
+    assert got["mx"][3] == 1.5 and got["mx"].isna().sum() == 29
+
+
+def test_embedded_pool_full_during_a_write_rolls_it_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("NKB_BUFFER_POOL_MB", "40")
+    url = str(tmp_path / "kb")
+    acts = encode_activations(np.arange(64, dtype=np.float32).reshape(1, 64))[0]
+    with open_store(url, create=True) as s:
+        s.upsert_nodes("Neuron", pd.DataFrame({"id": [f"n{i}" for i in range(1500)]}))
+        s.upsert_nodes("Snippet", pd.DataFrame({"id": [f"s{i}" for i in range(10)]}))
+        with pytest.raises(NkbError) as err:
+            s.upsert_rels("ACTIVATES_ON", pd.DataFrame({
+                "src": np.repeat([f"n{i}" for i in range(1500)], 10), "dst": np.tile([f"s{i}" for i in range(10)], 1500),
+                "kind": "top", "rank": 0, "max": 1.0, "position": 0, "activations": acts}))
+        assert "buffer pool is full" in str(err.value) and "rolled back" in err.value.hint
+        assert "post-commit" not in str(err.value) and "NKB_BUFFER_POOL_MB" in err.value.hint
+        assert s.counts()["ACTIVATES_ON"] == 0
+    monkeypatch.setenv("NKB_BUFFER_POOL_MB", "1024")
+    with open_store(url) as s:
+        assert s.counts()["ACTIVATES_ON"] == 0
+
+
+def test_embedded_pool_full_after_commit(tmp_path, monkeypatch):
+    """LadybugDB can fail in the checkpoint that follows a commit, saying the transaction
+    committed and is durable. What is true afterwards: every earlier batch is stored; the
+    failing one may or may not be (we have seen both: nodes came back on reopening,
+    relationships did not). The message says only that, and the handle is closed so nothing
+    reads a state that may not last."""
+    monkeypatch.setenv("NKB_BUFFER_POOL_MB", "48")
+    url = str(tmp_path / "kb")
+    with open_store(url, create=True) as s:
+        s.upsert_nodes("Neuron", pd.DataFrame({"id": [f"n{i}" for i in range(10)]}))
+        with pytest.raises(NkbError) as err:
+            s.upsert_nodes("Snippet", pd.DataFrame({"id": [f"s{i}" for i in range(88_000)]}))
+        message = f"{err.value} {err.value.hint}"
+        assert "post-commit checkpoint failed" in message, message
+        assert "rolled back" not in message and "as it was" not in message
+        assert "may be missing" in message and "NKB_BUFFER_POOL_MB" in message
+        with pytest.raises(NkbError, match="closed"):
+            s.counts()
+    monkeypatch.setenv("NKB_BUFFER_POOL_MB", "1024")
+    # Where the failed checkpoint is left to the next read-write open (we saw that after
+    # relationship batches), a read-only open is refused with a line saying so, not called
+    # corrupt; the read-write open finishes it.
+    try:
+        open_store(url, read_only=True).close()
+    except StoreCorrupt as e:
+        assert "checkpoint to finish" in str(e)
+    with open_store(url) as s:
+        s.counts()
+    with open_store(url, read_only=True) as s:
+        counts = s.counts()
+    assert counts["Neuron"] == 10 and counts["Snippet"] in (0, 88_000)
+
+
 # -- writing ------------------------------------------------------------------------------
 def test_counts_cover_every_label_and_type(full, frames):
     counts = full.counts()
@@ -267,16 +364,16 @@ def test_counts_cover_every_label_and_type(full, frames):
 
 
 def test_node_upsert_is_idempotent(full, frames):
-    before = (full.counts(), records(full, NEURONS_Q))
+    before = dump(full)
     assert full.upsert_nodes("Neuron", frames["Neuron"]) == len(frames["Neuron"])
-    assert (full.counts(), records(full, NEURONS_Q)) == before
+    assert dump(full) == before
 
 
 def test_rel_upsert_is_idempotent(full, frames):
-    before = (full.counts(), records(full, PROMOTES_Q), records(full, ACTS_Q))
+    before = dump(full)
     for name in ("PROMOTES", "ACTIVATES_ON", "SIMILAR_TO", "HAS_NEURON"):
         full.upsert_rels(name, frames[name])
-    assert (full.counts(), records(full, PROMOTES_Q), records(full, ACTS_Q)) == before
+    assert dump(full) == before
 
 
 def test_node_values_round_trip(full, frames):
@@ -403,7 +500,7 @@ def test_duplicate_ids_in_one_frame_last_wins(store):
 
 
 def test_rel_with_missing_endpoint_writes_nothing(full, frames):
-    before = (full.counts(), records(full, PROMOTES_Q))
+    before = dump(full)
     good = frames["PROMOTES"].iloc[:2]
     for bad in ({"src": "ma/9/9", "dst": "tok/1"}, {"src": "ma/0/0", "dst": "tok/999"}):
         rows = pd.concat([good.assign(logit=100.0), pd.DataFrame([{**bad, "logit": 1.0, "rank": 0}])],
@@ -412,32 +509,33 @@ def test_rel_with_missing_endpoint_writes_nothing(full, frames):
             full.upsert_rels("PROMOTES", rows)
         missing = bad["src"] if bad["src"] == "ma/9/9" else bad["dst"]
         assert "PROMOTES" in str(err.value) and missing in str(err.value)
-    assert (full.counts(), records(full, PROMOTES_Q)) == before
+    assert dump(full) == before
 
 
 def test_failed_batch_leaves_store_as_before(full, frames):
     """One batch that updates existing rows, adds new ones, then fails: none of it stays."""
-    before = (full.counts(), records(full, ACTS_Q))
+    before = dump(full)
     existing = frames["ACTIVATES_ON"].iloc[:3].assign(rank=99)
     new = frames["ACTIVATES_ON"].iloc[:2].assign(kind="random")
     broken = frames["ACTIVATES_ON"].iloc[:1].assign(dst="tok/nowhere", kind="random")
     with pytest.raises(SchemaError):
         full.upsert_rels("ACTIVATES_ON", pd.concat([existing, new, broken], ignore_index=True), batch_size=100)
-    assert (full.counts(), records(full, ACTS_Q)) == before
+    assert dump(full) == before
     # Whole batches before the failing one stay written: batches are the unit of atomicity.
     with pytest.raises(SchemaError):
         full.upsert_rels("ACTIVATES_ON", pd.concat([new, broken], ignore_index=True), batch_size=2)
-    assert full.counts()["ACTIVATES_ON"] == before[0]["ACTIVATES_ON"] + 2
+    assert full.counts()["ACTIVATES_ON"] == len(before["ACTIVATES_ON"]) + 2
 
 
 def test_rows_that_do_not_fit_the_schema(store):
+    before = dump(store)
     with pytest.raises(SchemaError, match="no property 'colour'"):
         store.upsert_nodes("Token", pd.DataFrame({"id": ["t/1"], "colour": ["red"]}))
     with pytest.raises(SchemaError, match="unknown node label"):
         store.upsert_nodes("Tokens", pd.DataFrame({"id": ["t/1"]}))
     with pytest.raises(SchemaError, match="token_id"):
         store.upsert_nodes("Token", pd.DataFrame({"id": ["t/1"], "token_id": ["seven"]}))
-    assert store.counts()["Token"] == 0
+    assert dump(store) == before
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -536,7 +634,149 @@ def test_delete_model_drops_tokens_no_model_uses(full, frames):
 
 
 def test_delete_unknown_model(full, frames):
+    before = dump(full)
     with pytest.raises(NkbError, match="no model 'zz' in the store") as err:
         full.delete_model("zz")
     assert "nkb stats" in str(err.value)
-    assert full.counts() == expected_counts(frames)
+    assert dump(full) == before
+
+
+def test_delete_model_forgets_its_ingest_runs(full):
+    """Left behind, a deleted model's done markers would make a new ingest under its name skip work."""
+    for key in ("ingest/ma/lmhead/0", "ingest/ma/config", "ingest/mb/lmhead/0", "ingest/mab/lmhead/0"):
+        full.set_meta(key, "{}")
+    full.delete_model("ma")
+    assert full.get_meta("ingest/ma/lmhead/0") is None and full.get_meta("ingest/ma/config") is None
+    assert full.get_meta("ingest/mb/lmhead/0") == "{}" and full.get_meta("ingest/mab/lmhead/0") == "{}"
+
+
+# -- the write guard, judged by what the store holds ------------------------------------------
+# Every form must be refused without write=True, and leave the dump and the index list as
+# they were (on the FalkorDB test server a read transaction is not enforced, so the guard is
+# all that stands between these and the data).
+WRITES = [
+    "CREATE (:Model {id: 'sneaky'})",
+    "MERGE (:Model {id: 'sneaky'})",
+    "MATCH (n:Neuron) SET n.layer = 99",
+    "MATCH (n:Neuron) REMOVE n.layer",
+    "MATCH (n:Neuron) DELETE n",
+    "MATCH (n:Neuron) DETACH DELETE n",
+    "MATCH (n:Neuron) WITH collect(n) AS ns FOREACH (x IN ns | SET x.layer = 0)",
+    "CALL db.idx.fulltext.createNodeIndex('Neuron', 'id')",
+    "CALL db.createLabel('Sneaky')",
+    "CALL create_fts_index('Neuron', 'nkb_fts', ['kind'])",
+    "CALL threads=1",
+    "LOAD CSV FROM 'file:///etc/hostname' AS row CREATE (:Model {id: row[0]})",
+    "LOAD FROM '/etc/hostname' RETURN *",
+    "COPY Model FROM '/etc/hostname'",
+    "/*x*/CREATE (:Model {id: 'sneaky'})",
+    "MATCH (n:Neuron) /* a comment */ SeT n.layer = 1",
+    "mErGe (:Model {id: 'sneaky'})",
+    "MATCH (n:Neuron)\n// SET in a comment, then the real one\nDeTaCh\nDeLeTe n",
+    "CALL { CREATE (:Model {id: 'sneaky'}) } RETURN 1 AS one",
+    "RETURN 1 AS one; CREATE (:Model {id: 'sneaky'})",
+    "MATCH (n:Model) WITH n, n.id AS set SET n.kind = set",
+    "RETURN 1 AS x; COMMIT",
+    "CREATE INDEX FOR (n:Neuron) ON (n.kind)",
+    "DROP INDEX nkb_neuron_model",
+]
+
+
+def test_read_only_refuses_every_write_form(full):
+    from dump import dump, indexes
+
+    before = (dump(full), indexes(full))
+    for text in WRITES:
+        with pytest.raises(ReadOnlyViolation) as err:
+            full.cypher(text)
+        assert "\n" not in str(err.value) and "--write" in str(err.value)
+        assert (dump(full), indexes(full)) == before, text
+
+
+@pytest.mark.parametrize("text, params", [
+    ("RETURN $create AS x", {"create": 1}),
+    ("MATCH (n:Neuron) RETURN n.id AS load LIMIT 1", {}),
+    ("MATCH (n:Neuron) RETURN n.layer AS set, n.id AS `delete` LIMIT 1", {}),
+    ("RETURN {merge: 1, remove: 2} AS m", {}),
+    ("MATCH (n:Neuron) WHERE n.kind = 'CREATE' // DETACH DELETE\n RETURN count(*) AS c", {}),
+])
+def test_keywords_as_names_are_not_writes(full, text, params):
+    """The guard judges statements, not words: an alias, property, parameter or map key named
+    like a write keyword passes it (an engine may still find the name bad Cypher)."""
+    try:
+        full.cypher(text, params)
+    except ReadOnlyViolation:
+        pytest.fail(f"refused a read: {text}")
+    except QueryError:
+        pass  # LadybugDB, say, takes no $create: a syntax error, not a refusal
+
+
+def test_read_only_procedures_are_allowed(full):
+    if full.engine == "embedded":
+        assert "Neuron" in set(full.cypher("CALL show_tables() RETURN name")["name"])
+    else:
+        assert "Neuron" in set(full.cypher("CALL db.labels() YIELD label RETURN label")["label"])
+
+
+@pytest.mark.parametrize("text, words", [
+    ("RETURN " + "(" * 20_000 + "1" + ")" * 20_000, "nests brackets 20000 levels deep; the limit is 32"),
+    ("RETURN " + "+".join(["1"] * 30_000), "has 29,999 operators; the limit is 1,000"),
+    ("RETURN 1 AS x //" + "x" * 200_000, "characters long; the limit is 100,000"),
+    ("RETURN 'a\udcff' AS x", "not valid UTF-8: the byte 0xff at character 10"),
+])
+def test_text_the_parser_would_choke_on_is_refused_at_once(store, text, words):
+    with pytest.raises(QueryError) as err:
+        store.cypher(text)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"x": 2**63}, "parameter $x is 9223372036854775808, outside the 64-bit integer range"),
+    ({"x": [1, -(2**63) - 1]}, "outside the 64-bit integer range"),
+    ({"x": "a\udcff"}, "parameter $x is not valid UTF-8 text"),
+    ({"x": object()}, "parameter $x is a object, which no engine can take"),
+])
+def test_parameters_no_engine_can_take(store, params, words):
+    with pytest.raises(ParameterError) as err:
+        store.cypher("RETURN $x AS x", params)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_embedded_parameters_it_cannot_type(embedded_store):
+    for value, words in (([], "is an empty list"), ([None], "a list of nulls only"), ([[]], "is an empty list"),
+                         ([1, "a", None], "mixes numbers and text"), ([True, 1], "mixes booleans and numbers")):
+        with pytest.raises(ParameterError) as err:
+            embedded_store.cypher("RETURN $x AS x", {"x": value})
+        assert words in str(err.value) and "\n" not in str(err.value)
+    assert embedded_store.cypher("RETURN $x AS x", {"x": [1, 2.5]})["x"].iloc[0] == [1.0, 2.5]
+
+
+def test_embedded_engine_messages_are_whole_lines(embedded_store):
+    with pytest.raises(QueryError) as err:
+        embedded_store.cypher("RETURN substring('a') AS s")
+    message = str(err.value)
+    assert "did not receive correct arguments" in message and "Expected: (STRING,INT64,INT64)" in message
+    assert "\n" not in message
+
+
+SLOW = "UNWIND range(1, 3000) AS a UNWIND range(1, 3000) AS b WITH a * b AS x WHERE x % 7 = 3 RETURN sum(x) AS s"
+
+
+def test_embedded_query_timeout_cancels_and_the_store_goes_on(embedded_store):
+    from kb.errors import QueryTimeout
+
+    start = time.perf_counter()
+    with pytest.raises(QueryTimeout, match=r"ran longer than its 0\.2 s timeout and was cancelled"):
+        embedded_store.cypher(SLOW, timeout=0.2)
+    assert time.perf_counter() - start < 20
+    # The connection is usable, with no timeout left behind, and a write still commits.
+    assert int(embedded_store.cypher(SLOW.replace("3000", "300"))["s"].iloc[0]) > 0
+    embedded_store.cypher("CREATE (:Model {id: 'after'})", write=True)
+    assert embedded_store.counts()["Model"] == 1
+
+
+def test_timeout_must_be_a_positive_number(store):
+    for bad in (-1, float("nan"), float("inf"), "5", True):
+        with pytest.raises(ParameterError, match="timeout must be a positive number of seconds"):
+            store.cypher("RETURN 1 AS x", timeout=bad)
+    assert store.cypher("RETURN 1 AS x", timeout=0)["x"].tolist() == [1]

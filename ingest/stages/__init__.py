@@ -10,16 +10,22 @@ from __future__ import annotations
 import importlib
 
 from ingest.stages.base import Context, Setting, Stage, StageReport, digest, done_marker
+from kb.config import shorten
 from kb.errors import IngestError
 
 # Modules holding one stage each. Order breaks ties between stages that do not depend on each other.
-_MODULES = ("model", "lmhead", "activations", "embed", "tokens", "similar", "match")
+# describe comes before embed so that one run embeds the explanations it has just written.
+_MODULES = ("model", "lmhead", "activations", "n2g", "describe", "score", "embed", "tokens", "similar", "match")
 
 # Options of the pipeline itself (how the model runs), shared by every stage.
 PIPELINE_SETTINGS: tuple[Setting, ...] = (
-    Setting("device", "cpu", "cpu, cuda, cuda:N or auto.", type=str, output=False),
+    Setting("device", "cpu", "cpu, cuda, cuda:N, mps or auto.", type=str, output=False,
+            pattern=r"cpu|auto|mps|cuda(:[0-9]{1,4})?", valid="cpu, cuda, cuda:N, mps or auto"),
     Setting("dtype", "float32", "Model weights and activations dtype.", type=str,
             choices=("float32", "bfloat16", "float16"), output=False),
+    Setting("max_memory", None, "Memory the run may use, e.g. 4G (default: what it holds when it starts plus 80% "
+            "of the memory still available). The estimate is printed; past it the activation pass runs in groups "
+            "of layers.", type=str, output=False),
 )
 
 
@@ -85,14 +91,15 @@ def default_stages() -> list[str]:
 def resolve(names: list[str]) -> list[Stage]:
     """The named stages ('all' for every default one), in dependency order; the model stage always runs."""
     names = [name.strip() for name in names if name.strip()]
+    if not names:
+        raise IngestError("no stage to run: --stages is empty", f"pass --stages with any of: all, {', '.join(REGISTRY)}")
     unknown = [name for name in names if name != "all" and name not in REGISTRY]
     if unknown:
-        raise IngestError(f"unknown stage(s): {', '.join(unknown)}", f"stages: all, {', '.join(REGISTRY)}")
+        raise IngestError(f"unknown stage(s): {', '.join(shorten(n, 40) for n in unknown)}",
+                          f"stages: all, {', '.join(REGISTRY)}")
     wanted: set[str] = set()
     for name in names:
         wanted.update(default_stages() if name == "all" else [name])
-    if not wanted:
-        raise IngestError("no stage to run", f"pass --stages with any of: all, {', '.join(REGISTRY)}")
     wanted.add("model")
     return [stage for name, stage in REGISTRY.items() if name in wanted]
 

@@ -1,13 +1,18 @@
-"""The activations stage: one streaming forward pass over the corpus serves every layer
+"""The activations stage: one forward pass over the corpus serves every layer of a group
 (``ingest.activations``); per neuron it stores statistics on the Neuron and its top, random
 and quantile records as ACTIVATES_ON edges to shared Snippets.
 
-The pass checkpoints its streaming state in the store's artifact directory, so a killed run
-resumes where it stopped and computes exactly what an uninterrupted run would.
+The layers run in as few groups as the memory plan allows (``ingest.memory``; one group
+unless the estimate exceeds ``--max-memory``), one pass each; a group's state is freed before
+the next one starts. Results do not depend on the grouping. The pass checkpoints its state
+in the store's artifact directory, beside a sidecar naming the settings and the group's
+layers, so a killed run resumes that group where it stopped and computes exactly what an
+uninterrupted run would.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -38,8 +43,8 @@ class ActivationsStage(Stage):
         Setting("per_quantile", 2, "Records per quantile bin.", minimum=1),
         Setting("seed", 0, "Seed of the record sampling."),
         Setting("batch_size", 16, "Windows per forward pass.", minimum=1, output=False),
-        Setting("checkpoint_every", 20, "Batches between checkpoints of the activation pass.", minimum=1,
-                output=False),
+        Setting("checkpoint_seconds", 60.0, "Seconds between checkpoints of the activation pass.", type=float,
+                minimum=0, output=False),
     )
 
     def output_settings(self, cfg) -> dict[str, Any]:
@@ -54,45 +59,95 @@ class ActivationsStage(Stage):
                               "raise --tokens or lower --window")
         record_config(cfg)  # RecordConfig's own checks (reservoir against per_quantile, ...)
 
-    def run(self, ctx: Context, layers: list[int]) -> StageReport:
-        import torch
+    def check_model(self, cfg, lm) -> None:
+        from ingest.stages.model import window_prefix
+        from kb.errors import IngestError
 
-        from ingest.activations import run_activation_pass
+        config = lm.model.config
+        limit = next((getattr(config, a) for a in ("max_position_embeddings", "n_positions", "n_ctx")
+                      if isinstance(getattr(config, a, None), int)), None)
+        need = cfg.settings["window"] + len(window_prefix(lm.tokenizer))
+        if limit is not None and need > limit:
+            raise IngestError(f"--window {cfg.settings['window']} does not fit the model's context of {limit} "
+                              f"positions (with {need - cfg.settings['window']} prefix token(s))",
+                              f"use --window {limit - (need - cfg.settings['window'])} or less")
+
+    def check_corpus(self, cfg, windows) -> None:
+        # Each record is a distinct window, so a neuron cannot have more records of a kind than
+        # the corpus has windows; asking for more is refused rather than silently given less.
+        from kb.errors import IngestError
+
+        s, n = cfg.settings, windows.n_windows
+        asked = [("--top-k", s["top_k"]), ("--random", s["n_random"])]
+        if s["n_quantiles"]:
+            asked.append(("--per-quantile", s["per_quantile"]))
+        if s["n_quantiles"] * s["per_quantile"] > n:
+            asked.append((f"--quantiles {s['n_quantiles']} x --per-quantile", s["n_quantiles"] * s["per_quantile"]))
+        for flag, k in asked:
+            if k > n:
+                raise IngestError(f"{flag} {k} is more than the {n} windows the corpus gave "
+                                  f"({s['tokens']} tokens in windows of {s['window']})",
+                                  f"use {flag} {n} or less, or a larger corpus / --tokens")
+
+    def run(self, ctx: Context, layers: list[int]) -> StageReport:
+        from ingest.memory import split
 
         cfg, report = ctx.cfg, StageReport(self.name)
         settings = digest(self.output_settings(cfg))
         rundir = ctx.artifact_dir()
         rundir.mkdir(parents=True, exist_ok=True)
         ckpt, sidecar = rundir / "activations.pt", rundir / "activations.json"
-        # A checkpoint from an earlier, killed run of the same settings covering these layers
-        # is resumed with the layers it was started with; anything else starts afresh.
-        pass_layers = layers
+        todo = sorted(layers)
+        most = ctx.memory.layers_per_pass if ctx.memory is not None and ctx.memory.groups else len(todo)
+        groups: list[list[int]] = []
+        # A checkpoint from an earlier, killed run of the same settings is resumed first, with
+        # the layers its pass was started with, if any of them is still to do and the group
+        # fits this run's plan; anything else starts afresh.
         if sidecar.exists():
             prior = json.loads(sidecar.read_text())
-            if prior["settings"] == settings and set(layers) <= set(prior["layers"]):
-                pass_layers = prior["layers"]
+            if prior["settings"] == settings and set(prior["layers"]) & set(todo) and len(prior["layers"]) <= most:
+                groups.append(prior["layers"])
             else:
                 ckpt.unlink(missing_ok=True)
-        sidecar.write_text(json.dumps({"settings": settings, "layers": pass_layers}))
-        w, s = ctx.windows, cfg.settings
-        ctx.reporter.begin(self.name, int(w.token_ids.size), "tok")
+        groups += split([layer for layer in todo if not groups or layer not in groups[0]], most)
+        if len(groups) > 1:
+            ctx.reporter.note(f"activation pass in {len(groups)} groups of layers: "
+                              + "; ".join(",".join(map(str, g)) for g in groups))
+        written: set[int] = set()  # windows whose Snippet is stored
+        for i, group in enumerate(groups):
+            sidecar.write_text(json.dumps({"settings": settings, "layers": group}))
+            label = self.name if len(groups) == 1 else f"{self.name} {i + 1}/{len(groups)}"
+            report.rows += self._run_group(ctx, group, [layer for layer in group if layer in todo], ckpt, label,
+                                           report, written)
+            gc.collect()  # the group's state went with _run_group's frame; nothing may keep it for the next
+            ckpt.unlink(missing_ok=True)
+            sidecar.unlink(missing_ok=True)
+        return report
+
+    def _run_group(self, ctx: Context, group: list[int], write: list[int], ckpt, label: str,
+                   report: StageReport, written: set[int]) -> int:
+        """One pass over the corpus for ``group``; writes the layers in ``write``. Returns rows written."""
+        import torch
+
+        from ingest.activations import run_activation_pass
+
+        cfg, w, s = ctx.cfg, ctx.windows, ctx.cfg.settings
+        ctx.reporter.begin(label, int(w.token_ids.size), "tok")
         collector = run_activation_pass(
-            ctx.lm.adapter, w.token_ids, w.bos_id, pass_layers, record_config(cfg),
+            ctx.lm.adapter, w.token_ids, w.bos_id, group, record_config(cfg),
             batch_size=s["batch_size"], device=str(ctx.lm.device), dtype=getattr(torch, s["dtype"]),
-            checkpoint_path=ckpt, checkpoint_every=s["checkpoint_every"], progress=ctx.reporter.advance,
+            checkpoint_path=ckpt, checkpoint_seconds=s["checkpoint_seconds"], progress=ctx.reporter.advance,
         )
         ctx.reporter.end()
-        ctx.reporter.begin("write records", len(layers), "layer")
-        written: set[int] = set()
-        for layer in layers:
-            report.rows += write_layer_records(ctx, layer, collector.layer_results(layer), written)
+        ctx.reporter.begin("write records", len(write), "layer")
+        rows = 0
+        for layer in write:
+            rows += write_layer_records(ctx, layer, collector.layer_results(layer), written)
             ctx.mark_done(self, layer)
             report.layers_done.append(layer)
             ctx.reporter.advance(1)
         ctx.reporter.end()
-        ckpt.unlink(missing_ok=True)
-        sidecar.unlink(missing_ok=True)
-        return report
+        return rows
 
 
 def record_config(cfg):

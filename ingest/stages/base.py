@@ -15,6 +15,11 @@ declares, as data:
   mixed;
 - ``uses_corpus``: whether the pipeline must tokenize the corpus for it (before any write).
 
+and may check what it will be given before anything is written: ``validate(cfg)`` (settings
+together, before the model loads), ``check_model(cfg, lm)`` (against the loaded model) and
+``check_corpus(cfg, windows)`` (against the tokenized corpus, e.g. a count of records per
+neuron bounded by the windows there are).
+
 and implements ``run(ctx, layers)``, which computes and writes the given layers (those not
 yet done) and calls ``ctx.mark_done(self, layer)`` once a layer's writes are complete.
 Writes go through the store's idempotent upserts, so a stage killed between writing a layer
@@ -25,10 +30,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from kb.config import shorten
 from kb.errors import IngestError
 
 if TYPE_CHECKING:
@@ -49,6 +56,10 @@ class Setting:
     choices: tuple[str, ...] | None = None
     output: bool = True  # part of the stage's output digest (False: device, batch size, ...)
     option: str | None = None
+    #: For text settings whose values are not a fixed list: a regular expression the whole
+    #: value must match, and how to say what matches (``valid``), for the error message.
+    pattern: str | None = None
+    valid: str | None = None
 
     @property
     def flag(self) -> str:
@@ -62,6 +73,11 @@ class Setting:
             raise IngestError(f"{self.flag} must be an integer, got {value!r}")
         if self.type is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise IngestError(f"{self.flag} must be a number, got {value!r}")
+        if self.type is str and not isinstance(value, str):
+            raise IngestError(f"{self.flag} must be text, got {value!r}")
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            raise IngestError(f"{self.flag} must be {self.valid or 'of the form ' + self.pattern}, "
+                              f"got '{shorten(value, 60)}'")
         if self.choices is not None and value not in self.choices:
             raise IngestError(f"{self.flag} must be one of {', '.join(self.choices)}, got {value!r}")
         if self.minimum is not None and value < self.minimum:
@@ -108,6 +124,10 @@ class Stage:
     def check_model(self, cfg: "IngestConfig", lm: Any) -> None:
         """Checks that need the loaded model (vocabulary size, width). Runs before any write."""
 
+    def check_corpus(self, cfg: "IngestConfig", windows: Any) -> None:
+        """Checks that need the tokenized corpus (``ingest.corpus.Windows``: how many windows
+        there are), for stages that use it. Runs before any write."""
+
     def run(self, ctx: "Context", layers: list[int]) -> StageReport:
         raise NotImplementedError
 
@@ -125,6 +145,7 @@ class Context:
     windows: Any = None  # ingest.corpus.Windows when a requested stage uses the corpus
     snippet_ids: list[str] | None = None
     token_text: list[str] | None = None
+    memory: Any = None  # ingest.memory.MemoryPlan: LM-head chunk and layer groups within the budget
 
     def marker(self, stage: str, layer: int) -> str:
         return done_marker(self.model_id, stage, layer)
@@ -134,6 +155,7 @@ class Context:
         return self.store.get_meta(self.marker(name, layer)) is not None
 
     def mark_done(self, stage: Stage, layer: int) -> None:
+        self.reporter.layer_written(stage.name, layer)
         settings = stage.output_settings(self.cfg)
         described = ", ".join(f"{k}={v}" for k, v in settings.items())
         self.store.set_meta(self.marker(stage.name, layer),
@@ -145,4 +167,6 @@ class Context:
 
 
 def done_marker(model_id: str, stage: str, layer: int) -> str:
-    return f"ingest/{model_id}/{stage}/{layer}"
+    from kb.stores.base import model_meta_prefix  # deleting the model deletes its markers by this prefix
+
+    return f"{model_meta_prefix(model_id)}{stage}/{layer}"

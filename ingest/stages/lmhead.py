@@ -24,13 +24,17 @@ class LMHeadStage(Stage):
                               f"use --lmhead-k between 1 and {vocab}")
 
     def run(self, ctx: Context, layers: list[int]) -> StageReport:
-        from ingest.lmhead import decode_layer
+        from ingest.lmhead import decode_layer, release_unembedding
+        from ingest.memory import LMHEAD_MAX_CHUNK
 
         report = StageReport(self.name)
         d_mlp = ctx.lm.adapter.d_mlp
+        # Neurons per product against the whole vocabulary: what the memory plan allows.
+        chunk = ctx.memory.lmhead_chunk if ctx.memory is not None else LMHEAD_MAX_CHUNK
         ctx.reporter.begin(self.name, len(layers) * d_mlp, "neuron")
         for layer in layers:
-            tokens = decode_layer(ctx.lm.adapter, layer, k=ctx.cfg.settings["lmhead_k"], device=str(ctx.lm.device))
+            tokens = decode_layer(ctx.lm.adapter, layer, k=ctx.cfg.settings["lmhead_k"], device=str(ctx.lm.device),
+                                  chunk=chunk)
             for rel, frame, value in (("PROMOTES", tokens.promotes, "logit"), ("SUPPRESSES", tokens.suppresses, "logit"),
                                       ("READS", tokens.reads, "weight")):
                 edges = token_edges(ctx, layer, frame)
@@ -41,6 +45,7 @@ class LMHeadStage(Stage):
             report.layers_done.append(layer)
             ctx.reporter.advance(d_mlp)
         ctx.reporter.end()
+        release_unembedding(ctx.lm.adapter)  # the memory plan counts it for this stage only
         return report
 
 

@@ -11,9 +11,10 @@ def open_store(url: str | None = None, *, read_only: bool = False, create: bool 
     """Open the knowledge base at ``url`` (default: ``config.default_store()``).
 
     ``create=True`` makes an empty one when none exists; otherwise a missing store is an
-    error. A store of another schema version is refused.
+    error. A store of another schema version is refused. A location that cannot name a store
+    (empty, too long, an unknown URL scheme...) is refused before anything is touched.
     """
-    url = url or config.default_store()
+    url = config.default_store() if url is None else config.check_location(url, "store location")
     if config.is_server_url(url):
         from kb.stores.neo4j import Neo4jStore
 

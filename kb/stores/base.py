@@ -8,42 +8,23 @@ changes nothing.
 
 from __future__ import annotations
 
-import re
+import datetime as dt
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
-from kb import schema
-from kb.errors import ParameterError, ReadOnlyViolation, SchemaError, SchemaVersionMismatch
+from kb import cypher, schema
+from kb.errors import NkbError, ParameterError, ReadOnlyViolation, SchemaError, SchemaVersionMismatch
 
 Frames = pd.DataFrame | Iterable[pd.DataFrame] | Any  # a DataFrame, a pyarrow Table, or an iterable of them
 Progress = Callable[[int], None]  # called with the number of rows just written
 
-# Clauses that change a graph, in any of the dialects we speak.
-_WRITE_CLAUSES = re.compile(
-    r"\b(CREATE|MERGE|SET|DELETE|DETACH|REMOVE|DROP|ALTER|COPY|LOAD|INSTALL|ATTACH|IMPORT|EXPORT|FOREACH|CHECKPOINT)\b",
-    re.IGNORECASE,
-)
-_STRINGS_AND_COMMENTS = re.compile(
-    r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|`[^`]*`|//[^\n]*|/\*.*?\*/""",
-    re.DOTALL,
-)
-
-
-_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def check_params(query: str, params: dict[str, Any]) -> None:
-    """Refuse a query whose ``$name`` placeholders are not all given: engines differ (LadybugDB
-    binds a missing one as NULL, which turns a typo into an empty answer), so refuse on all."""
-    needed = set(_PARAM.findall(_STRINGS_AND_COMMENTS.sub(" ", query)))
-    missing = sorted(needed - set(params))
-    if missing:
-        raise ParameterError(f"the query needs parameter ${missing[0]}",
-                             f"pass it as params={{{missing[0]!r}: ...}}, or -p {missing[0]}=VALUE on the command line")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def check_schema_version(url: str, version: str, created_by: str | None, new_location: str) -> None:
@@ -57,23 +38,44 @@ def check_schema_version(url: str, version: str, created_by: str | None, new_loc
             f"nkb ingest --store {new_location}")
 
 
-def write_clause(query: str) -> str | None:
-    """The first clause of ``query`` that writes, or None for a read-only query.
+def normalize_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Query parameters as plain Python values every engine takes: numpy and pandas values
+    unwrapped, nulls as None, and what no engine can store refused with one clear line."""
+    out = {}
+    for name, value in params.items():
+        if not isinstance(name, str):
+            raise ParameterError(f"parameter names must be text, not {type(name).__name__} {name!r}")
+        out[name] = _param_value(name, value)
+    return out
 
-    String literals, quoted identifiers and comments are blanked first, so a query that
-    merely *mentions* "CREATE" in a value or a comment is not refused.
-    """
-    m = _WRITE_CLAUSES.search(_STRINGS_AND_COMMENTS.sub(" ", query))
-    return m.group(1).upper() if m else None
 
-
-def check_read_only(query: str) -> None:
-    clause = write_clause(query)
-    if clause:
-        raise ReadOnlyViolation(
-            f"the query writes ({clause}) but the store is opened read-only",
-            "pass write=True, or --write on the command line, if you mean to change the store",
-        )
+def _param_value(name: str, value: Any) -> Any:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, np.generic):
+        return _param_value(name, value.item())
+    if isinstance(value, bool) or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ParameterError(f"parameter ${name} is {value}, outside the 64-bit integer range "
+                                 f"({INT64_MIN} to {INT64_MAX})", "pass a smaller integer, or a float")
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ParameterError(f"parameter ${name} is not valid UTF-8 text (at character {e.start + 1})",
+                                 "pass UTF-8 text") from None
+        return value
+    if isinstance(value, (bytes, dt.date, dt.time, dt.timedelta)):
+        return value
+    if isinstance(value, (list, tuple, np.ndarray, pd.Series)):
+        return [_param_value(name, v) for v in (value.tolist() if hasattr(value, "tolist") else value)]
+    if isinstance(value, dict):
+        return {str(k): _param_value(name, v) for k, v in value.items()}
+    raise ParameterError(f"parameter ${name} is a {type(value).__name__}, which no engine can take",
+                         "pass numbers, strings, booleans, lists or dicts")
 
 
 def iter_frames(rows: Frames) -> Iterator[pd.DataFrame]:
@@ -132,6 +134,57 @@ def prepare_rels(rt: schema.RelType, df: pd.DataFrame) -> pd.DataFrame:
     return df.drop_duplicates(key, keep="last").reset_index(drop=True)
 
 
+# -- the store's own Cypher, the same text on every engine ------------------------------------
+def node_count_query(label: str) -> str:
+    return f"MATCH (n:{cypher.quote(label)}) RETURN count(n) AS n"
+
+
+def rel_count_query(type_: str) -> str:
+    return f"MATCH ()-[r:{cypher.quote(type_)}]->() RETURN count(r) AS n"
+
+
+def delete_by_model_query(nt: schema.NodeType) -> str:
+    assert nt.model_prop
+    return (f"MATCH (n:{cypher.quote(nt.label)}) WHERE n.{cypher.quote(nt.model_prop)} = $model "
+            f"WITH n LIMIT $limit DETACH DELETE n RETURN count(*) AS deleted")
+
+
+MODEL_TOKENIZER = "MATCH (m:`Model` {id: $model}) RETURN m.`tokenizer` AS tokenizer"
+# Detach a batch of the model's activation records, returning the snippets they pointed at.
+DETACH_RECORDS = ("MATCH (:`Neuron` {`model`: $model})-[r:`ACTIVATES_ON`]->(s:`Snippet`) "
+                  "WITH r, s LIMIT $limit DELETE r RETURN collect(DISTINCT s.id) AS snippets")
+DELETE_ORPHAN_SNIPPETS = ("UNWIND $ids AS sid MATCH (s:`Snippet` {id: sid}) "
+                          "WHERE NOT EXISTS { MATCH (s)<-[:`ACTIVATES_ON`]-() } DETACH DELETE s RETURN count(*) AS deleted")
+OTHER_MODELS_WITH_TOKENIZER = ("MATCH (m:`Model`) WHERE m.`tokenizer` = $tokenizer AND m.id <> $model "
+                               "RETURN count(m) AS n")
+DELETE_TOKENS = ("MATCH (t:`Token`) WHERE t.`tokenizer` = $tokenizer "
+                 "WITH t LIMIT $limit DETACH DELETE t RETURN count(*) AS deleted")
+DELETE_UNUSED_SNIPPETS = ("MATCH (s:`Snippet`) WHERE s.`tokenizer` = $tokenizer "
+                          "AND NOT EXISTS { MATCH (s)<-[:`ACTIVATES_ON`]-() } "
+                          "WITH s LIMIT $limit DETACH DELETE s RETURN count(*) AS deleted")
+DELETE_MODEL = "MATCH (m:`Model` {id: $model}) DETACH DELETE m RETURN count(*) AS deleted"
+# The model's ingest records (done markers, saved configuration): left behind, they would make
+# a new ingest under the same name skip the stages they mark done.
+DELETE_MODEL_META = (f"MATCH (m:{cypher.quote(schema.META.label)}) WHERE m.`key` STARTS WITH $prefix "
+                     "DELETE m RETURN count(*) AS deleted")
+
+
+def model_meta_prefix(model_id: str) -> str:
+    """The metadata keys of one model's ingest runs (done markers, saved configuration) start
+    with this; deleting the model deletes them."""
+    return f"ingest/{model_id}/"
+
+
+def statements() -> list[str]:
+    """Every statement the base class sends (each engine adds its own)."""
+    out = [MODEL_TOKENIZER, DETACH_RECORDS, DELETE_ORPHAN_SNIPPETS, OTHER_MODELS_WITH_TOKENIZER,
+           DELETE_TOKENS, DELETE_UNUSED_SNIPPETS, DELETE_MODEL_META, DELETE_MODEL]
+    out += [node_count_query(nt.label) for nt in schema.NODES]
+    out += [delete_by_model_query(nt) for nt in schema.NODES if nt.model_prop]
+    out += [rel_count_query(rt.type) for rt in schema.RELS]
+    return out
+
+
 class Store(ABC):
     """A knowledge base on one graph engine."""
 
@@ -180,20 +233,83 @@ class Store(ABC):
             raise ReadOnlyViolation("the store is opened read-only", "open it with read_only=False, or pass --write")
 
     # -- reading ------------------------------------------------------------------------
-    def cypher(self, query: str, params: dict[str, Any] | None = None, *, write: bool = False) -> pd.DataFrame:
+    def cypher(self, query: str, params: dict[str, Any] | None = None, *, write: bool = False,
+               timeout: float | None = None) -> pd.DataFrame:
         """Run Cypher with parameters and return the rows as a DataFrame.
 
-        Read-only unless ``write=True``: a query with a writing clause is refused before it
-        reaches the engine, and the engine itself is asked for a read-only transaction
-        where it offers one.
+        Read-only unless ``write=True``: a query with a writing clause (or a call of a
+        procedure not known to be read-only) is refused before it reaches the engine, and the
+        engine itself is asked for a read-only transaction. ``timeout`` (seconds; None or 0
+        for none) cancels a query that runs longer; text too long or too deeply nested for
+        the parser is refused first (kb.cypher.check_text).
         """
-        params = params or {}
+        timeout = cypher.check_timeout(timeout)
+        cypher.check_text(query)
         if not write:
-            check_read_only(query)
+            cypher.check_read_only(query)
         elif self.read_only:
             self._check_writable()
-        check_params(query, params)
-        return self._run(query, params, write=write)
+        params = normalize_params(params or {})
+        cypher.check_params(query, params)
+        if write:
+            self._forget_written()
+        return self._run(query, params, write=write, timeout=timeout)
+
+    def counts(self) -> dict[str, int]:
+        """Number of nodes per label and relationships per type (zero ones included)."""
+        out = {nt.label: self._count(node_count_query(nt.label)) for nt in schema.NODES}
+        out.update({rt.type: self._count(rel_count_query(rt.type)) for rt in schema.RELS})
+        return out
+
+    def _count(self, query: str, params: dict[str, Any] | None = None) -> int:
+        return int(self._rows(query, params or {})[0][0])
+
+    # -- deleting -----------------------------------------------------------------------
+    #: Nodes (or activation records) removed per statement by delete_model: a neuron brings
+    #: its relationships along, and one server transaction must stay well inside its memory.
+    delete_batch_size: int = 2_000
+
+    def delete_model(self, model_id: str) -> dict[str, int]:
+        """Delete a model, its neurons and everything attached only to them, and the records of
+        its ingest runs (metadata under ``model_meta_prefix``).
+
+        Returns how many nodes of each label were deleted. Tokens and snippets still used
+        by another model stay. The steps run in batches of ``delete_batch_size``, the Model
+        node last, inside ``_deleting`` (one transaction on the embedded engine; on a server,
+        a transaction per batch, so an interrupted delete is finished by running it again).
+        """
+        self._check_writable()
+        self._forget_written()
+        deleted = {nt.label: 0 for nt in schema.NODES}
+        with self._deleting(model_id):
+            found = self._rows(MODEL_TOKENIZER, {"model": model_id})
+            if not found:
+                raise NkbError(f"no model {model_id!r} in the store", "list the models with: nkb stats")
+            tokenizer = found[0][0]
+            # Snippets are shared between models: only those this model's records point at
+            # can become orphans by deleting it.
+            limit = {"model": model_id, "limit": self.delete_batch_size}
+            while snippets := self._write_rows(DETACH_RECORDS, limit)[0][0]:
+                deleted["Snippet"] += int(self._write_rows(DELETE_ORPHAN_SNIPPETS, {"ids": list(snippets)})[0][0])
+            for nt in schema.NODES:
+                if nt.model_prop:
+                    deleted[nt.label] += self._delete_all(delete_by_model_query(nt), model=model_id)
+            if tokenizer is not None and not self._count(OTHER_MODELS_WITH_TOKENIZER,
+                                                         {"tokenizer": tokenizer, "model": model_id}):
+                deleted["Token"] += self._delete_all(DELETE_TOKENS, tokenizer=tokenizer)
+                # No model reads this tokenizer any more, so its unattached snippets (say,
+                # from an ingest killed before its records) can never be used.
+                deleted["Snippet"] += self._delete_all(DELETE_UNUSED_SNIPPETS, tokenizer=tokenizer)
+            self._write_rows(DELETE_MODEL_META, {"prefix": model_meta_prefix(model_id)})
+            deleted["Model"] += int(self._write_rows(DELETE_MODEL, {"model": model_id})[0][0])
+        return deleted
+
+    def _delete_all(self, query: str, **params: Any) -> int:
+        total = 0
+        params["limit"] = self.delete_batch_size
+        while n := int(self._write_rows(query, params)[0][0]):
+            total += n
+        return total
 
     # -- engine-specific ----------------------------------------------------------------
     @abstractmethod
@@ -203,19 +319,23 @@ class Store(ABC):
     def _upsert_rels_batch(self, rt: schema.RelType, df: pd.DataFrame) -> None: ...
 
     @abstractmethod
-    def _run(self, query: str, params: dict[str, Any], *, write: bool) -> pd.DataFrame: ...
+    def _run(self, query: str, params: dict[str, Any], *, write: bool, timeout: float | None = None) -> pd.DataFrame:
+        """Run a user's query (already checked) in a read or write transaction."""
 
     @abstractmethod
-    def delete_model(self, model_id: str) -> dict[str, int]:
-        """Delete a model, its neurons and everything attached only to them.
-
-        Returns how many nodes of each label were deleted. Tokens and snippets still used
-        by another model stay.
-        """
+    def _rows(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
+        """The rows of one of the store's own reading statements."""
 
     @abstractmethod
-    def counts(self) -> dict[str, int]:
-        """Number of nodes per label and relationships per type (zero ones included)."""
+    def _write_rows(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
+        """The rows of one of the store's own writing statements, run as one unit."""
+
+    @abstractmethod
+    def _deleting(self, model_id: str) -> AbstractContextManager[None]:
+        """The scope delete_model's statements run in."""
+
+    def _forget_written(self) -> None:
+        """Drop what the store remembers of its own writes: something else may have written."""
 
     @abstractmethod
     def artifact_dir(self) -> Path:

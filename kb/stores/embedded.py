@@ -8,10 +8,15 @@ to the knowledge base but not in the graph (FAISS indexes, ingest checkpoints)::
     <store>/graph.lbug      the graph (LadybugDB keeps its log and lock files beside it)
     <store>/artifacts/      files beside the graph: ingest checkpoints, vector indexes
 
-Writes take the bulk path. In each batch, rows whose key is new are ``COPY``-ed; rows whose
-key exists are compared with what is stored and only those that differ are ``SET``. A
-batch is atomic, so a failed batch leaves the store as it was, and writing the same rows
-twice writes nothing the second time.
+Writes take the bulk path. In each batch, rows whose key is new are ``COPY``-ed (or, for a
+node table that already holds rows, ``CREATE``-d); rows whose key exists are compared with
+what is stored and only those that differ are ``SET``. A batch is atomic, so a failed batch
+leaves the store as it was, and writing the same rows twice writes nothing the second time.
+The one exception is LadybugDB failing in the checkpoint after a commit: see
+``EmbeddedStore._write_failed``.
+
+The engine's buffer pool is set from ``kb.config.buffer_pool_bytes()``: LadybugDB's own
+default is most of the machine's memory.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kb import schema
+from kb import config, schema
+from kb.cypher import quote as _q
 from kb.errors import (
     NkbError,
     ParameterError,
     QueryError,
+    QueryTimeout,
     SchemaError,
     StoreCorrupt,
     StoreNotFound,
@@ -58,11 +65,9 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 
 _MISSING_KEY = re.compile(r"Unable to find primary key value (.*)\.$")
 _NO_TRANSACTION = "No active transaction"
-
-
-def _q(name: str) -> str:
-    """A quoted identifier: many of our property names (rank, max, index...) are Cypher words."""
-    return "`" + name.replace("`", "``") + "`"
+_OUT_OF_POOL = "The buffer pool is full"
+_CHECKPOINT_FAILED = "post-commit checkpoint failed"
+_RECOVERY_PENDING = "checkpoint recovery is pending"
 
 
 def _var(prop: str) -> str:
@@ -91,8 +96,23 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _query_error(err: RuntimeError) -> NkbError:
-    line = _first_line(err)
+def _one_line(err: BaseException) -> str:
+    """The engine's message in one line. Some run over several ("Function X did not receive
+    correct arguments:" then the types); a parser error ends with the query and a caret
+    line, which say nothing the first line does not."""
+    lines = []
+    for line in str(err).strip().splitlines():
+        if line.startswith('"') or (line.strip() and not line.strip("^ ")):
+            break
+        lines.append(" ".join(line.split()))
+    return " ".join(part for part in lines if part) or type(err).__name__
+
+
+def _query_error(err: RuntimeError, timeout: float | None = None) -> NkbError:
+    line = _one_line(err)
+    if line == "Interrupted." and timeout is not None:
+        return QueryTimeout(f"the query ran longer than its {timeout:g} s timeout and was cancelled",
+                            "pass a longer --timeout (or timeout=), or narrow the query with LIMIT or a WHERE")
     kind, _, rest = line.partition(": ")
     if kind == "Parser exception":
         line = f"Cypher syntax error: {rest}"
@@ -103,13 +123,97 @@ def _query_error(err: RuntimeError) -> NkbError:
     return QueryError(line)
 
 
-def _param_value(value: Any) -> Any:
-    # The engine binds Python scalars and lists; numpy values arrive from frames all the time.
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the directories a failed create made (outermost first in ``made``), where empty."""
+    for path in reversed(made):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+class _Mixed(Exception):
+    def __init__(self, a: str, b: str):
+        super().__init__(f"{a} and {b}")
+
+
+def _kind(value: Any) -> Any:
+    """The engine type family of a parameter value: LadybugDB types a list by its first item
+    and then fails on an item of another family (a ValueError from deep in its binding), so
+    mixed lists are found here first. None fits anything."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return "boolean"
+    if isinstance(value, (int, float, np.number)):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        kind = None
+        for item in value:
+            kind = _merge(kind, _kind(item))
+        return ("list", kind)
+    if isinstance(value, dict):
+        return ("map", {str(k): _kind(v) for k, v in value.items()})
+    return type(value).__name__
+
+
+def _merge(a: Any, b: Any) -> Any:
+    if a is None or a == b:
+        return b if a is None else a
+    if b is None:
+        return a
+    if isinstance(a, tuple) and isinstance(b, tuple) and a[0] == b[0]:
+        if a[0] == "list":
+            return ("list", _merge(a[1], b[1]))
+        if set(a[1]) != set(b[1]):
+            # The engine would give every map the first one's keys, silently relabelling values.
+            raise _Mixed(f"a map with keys {', '.join(sorted(a[1])) or '(none)'}",
+                         f"a map with keys {', '.join(sorted(b[1])) or '(none)'}")
+        return ("map", {k: _merge(a[1][k], b[1][k]) for k in a[1]})
+    raise _Mixed(_describe(a), _describe(b))
+
+
+def _describe(kind: Any) -> str:
+    if isinstance(kind, tuple):
+        return "a list" if kind[0] == "list" else "a map"
+    return "null" if kind is None else {"boolean": "a boolean", "number": "a number", "text": "text"}.get(kind, kind)
+
+
+def _check_uniform(name: str, value: Any) -> None:
+    """Refuse items of different families anywhere in one list (also across nested lists and
+    between the maps of a list), which _check_param does not look for."""
+    try:
+        _kind(value)
+    except _Mixed as e:
+        raise ParameterError(f"parameter ${name} mixes {e} in one list, which the embedded engine cannot bind",
+                             "give every item of a list (and every value of one key in a list of maps) one type")
+
+
+def _check_param(name: str, value: Any) -> None:
+    """Refuse list parameters LadybugDB cannot type: it infers a list's type from its items,
+    so an empty list (or one of nulls) fails with "This should not happen", and one that
+    mixes types fails with a Python conversion error."""
+    if isinstance(value, dict):
+        for v in value.values():
+            _check_param(name, v)
+    if not isinstance(value, list):
+        return
+    items = [v for v in value if v is not None]
+    if not items:
+        raise ParameterError(f"parameter ${name} is {'an empty list' if not value else 'a list of nulls only'}, "
+                             "whose item type the embedded engine cannot tell",
+                             "give at least one item that is not null, or pass null instead of the list")
+    kinds = {_KINDS.get(type(v), type(v).__name__) for v in items}
+    if len(kinds) > 1:
+        raise ParameterError(f"parameter ${name} is a list that mixes {' and '.join(sorted(kinds))}; "
+                             "the embedded engine needs one type per list", "pass items of one type")
+    for v in items:
+        _check_param(name, v)
+
+
+_KINDS = {bool: "booleans", int: "numbers", float: "numbers", str: "text", list: "lists", dict: "maps"}
 
 
 def _column(owner: str, prop: schema.Prop, values: pd.Series) -> pa.Array:
@@ -171,10 +275,16 @@ class EmbeddedStore(Store):
         # sources written since. Only they can have relationships of that type, so a batch
         # of other sources needs no look-up at all. Dropped by anything else that writes.
         self._sources_written: dict[str, set[str]] = {}
-        if self.path.exists() and not self.path.is_dir():
+        try:
+            is_file = self.path.exists() and not self.path.is_dir()
+            exists = self.graph_path.exists()
+        except OSError as e:  # a name too long, a directory we may not enter...
+            raise StoreNotFound(f"cannot use {url} as a knowledge base: {e.strerror or type(e).__name__}",
+                                "pass a directory you can read (and write, to create one)") from None
+        if is_file:
             raise StoreCorrupt(f"{url} is a file, not a knowledge-base directory",
                                f"pass the directory that holds {GRAPH_FILE}")
-        if not self.graph_path.exists():
+        if not exists:
             if not create:
                 raise StoreNotFound(f"no knowledge base at {url}",
                                     f"create one with: nkb init --store {url}, or fill one with: nkb ingest --store {url}")
@@ -184,7 +294,7 @@ class EmbeddedStore(Store):
     # -- opening ------------------------------------------------------------------------
     def _connect(self, *, read_only: bool) -> tuple[lb.Database, lb.Connection]:
         try:
-            db = lb.Database(str(self.graph_path), read_only=read_only)
+            db = lb.Database(str(self.graph_path), read_only=read_only, buffer_pool_size=config.buffer_pool_bytes())
             return db, lb.Connection(db)
         except RuntimeError as e:
             line = _first_line(e)
@@ -198,7 +308,18 @@ class EmbeddedStore(Store):
     def _open(self) -> None:
         # Validate through a read-only handle first: a read-write open rewrites the file
         # header even when nothing else changes, and a store we refuse must stay untouched.
-        db, conn = self._connect(read_only=True)
+        # A store whose last checkpoint failed (see _write_failed) opens read-write only:
+        # that open replays the log and finishes the checkpoint.
+        try:
+            db, conn = self._connect(read_only=True)
+        except StoreCorrupt as e:
+            if _RECOVERY_PENDING not in str(e):
+                raise
+            if self.read_only:
+                raise StoreCorrupt(f"the knowledge base at {self.url} has a checkpoint to finish and cannot be "
+                                   "opened read-only until then",
+                                   "open it once for writing (e.g. run the interrupted nkb ingest again)") from None
+            db, conn = self._connect(read_only=False)
         try:
             self._validate(conn)
         except NkbError:
@@ -236,9 +357,21 @@ class EmbeddedStore(Store):
     def _create(self) -> None:
         from kb import __version__
 
-        made_dir = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        db, conn = self._connect(read_only=False)
+        # The directories this creates, outermost first: a failed create removes them again.
+        made = [p for p in (self.path, *self.path.parents) if not p.exists()][::-1]
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            _remove_empty(made)
+            raise NkbError(f"cannot create a knowledge base at {self.url}: {e.strerror or type(e).__name__}",
+                           "pass a directory you can write to with --store or $NKB_STORE") from None
+        try:
+            db, conn = self._connect(read_only=False)
+        except NkbError:
+            for leftover in self.path.glob(GRAPH_FILE + "*"):
+                leftover.unlink()
+            _remove_empty(made)
+            raise
         try:
             conn.execute("BEGIN TRANSACTION")
             for statement in table_ddl():
@@ -253,8 +386,7 @@ class EmbeddedStore(Store):
             # A half-made store would later read as corrupt; leave nothing behind instead.
             for leftover in self.path.glob(GRAPH_FILE + "*"):
                 leftover.unlink()
-            if made_dir and not any(self.path.iterdir()):
-                self.path.rmdir()
+            _remove_empty(made)
             raise NkbError(f"cannot create a knowledge base at {self.url}: {_first_line(e)}") from None
         conn.close()
         db.close()
@@ -316,7 +448,8 @@ class EmbeddedStore(Store):
         match = f"MATCH (n:{label} {{{_q(pk)}: {_var(pk)}}})"
         try:
             new, changed = np.arange(len(ids)), np.array([], dtype=np.int64)
-            if self._node_count(nt.label):
+            filled = bool(self._node_count(nt.label))
+            if filled:
                 keys = pa.table({"_row": pa.array(np.arange(len(ids))), "_p_" + pk: ids})
                 got = "".join(f", n.{_q(p.name)} AS {_var(p.name)}" for p in values)
                 old = self._table(f"LOAD FROM $keys {match} RETURN _row{got}", {"keys": keys})
@@ -327,15 +460,23 @@ class EmbeddedStore(Store):
                 rows = pa.table({"_p_" + p.name: cols[p.name].take(take) for p in present})
                 sets = ", ".join(f"n.{_q(p.name)} = {_var(p.name)}" for p in values)
                 writes.append((f"LOAD FROM $rows {match} SET {sets}", {"rows": rows}))
-            if len(new):
-                take = None if len(new) == len(ids) else pa.array(new)
-                rows = pa.table({p.name: (cols[p.name] if take is None else cols[p.name].take(take))
-                                 if p.name in cols else pa.nulls(len(new), ARROW_TYPES[p.type]) for p in nt.props})
+            if len(new) and filled:
+                # Every COPY into a node table pins about 16 MB of the buffer pool (the
+                # primary-key index's pages) until the database is closed, whatever its size
+                # (LadybugDB 0.22: 100 rows or 4,000 alike, CHECKPOINT does not free it), so
+                # thirty per-layer COPYs held half a gigabyte. CREATE from the same frame
+                # pins nothing; only a table's first batch, the big one, takes COPY.
+                take = pa.array(new)
+                rows = pa.table({"_p_" + p.name: cols[p.name].take(take) for p in present})
+                props = ", ".join(f"{_q(p.name)}: {_var(p.name)}" for p in present)
+                writes.append((f"LOAD FROM $rows CREATE (n:{label} {{{props}}})", {"rows": rows}))
+            elif len(new):
+                rows = pa.table({p.name: cols[p.name] if p.name in cols else pa.nulls(len(new), ARROW_TYPES[p.type])
+                                 for p in nt.props})
                 writes.append((f"COPY {label} FROM $rows", {"rows": rows}))
             self._write(writes)
         except RuntimeError as e:
-            raise NkbError(f"writing {len(ids)} {nt.label} rows failed: {_first_line(e)}",
-                           "the batch was rolled back; the store is as it was") from None
+            raise self._write_failed(e, len(ids), nt.label) from None
 
     def _upsert_rels_batch(self, rt: schema.RelType, df: pd.DataFrame) -> None:
         src = _column(rt.type, schema.Prop("src", schema.STRING), df["src"])
@@ -378,8 +519,27 @@ class EmbeddedStore(Store):
                 raise SchemaError(f"{rt.type} rows refer to a {label} that is not in the store: {missing!r}",
                                   f"write the {label} nodes before their {rt.type} relationships; "
                                   "the batch was rolled back") from None
-            raise NkbError(f"writing {len(src)} {rt.type} rows failed: {_first_line(e)}",
-                           "the batch was rolled back; the store is as it was") from None
+            raise self._write_failed(e, len(src), rt.type) from None
+
+    def _write_failed(self, err: RuntimeError, n: int, name: str) -> NkbError:
+        """The error for a batch the engine refused, saying what is true of the store afterwards."""
+        line = _first_line(err)
+        more = ""
+        if _OUT_OF_POOL in line:
+            more = (f"; raise LadybugDB's buffer pool (now {config.buffer_pool_bytes() // 2**20} MB) with "
+                    f"{config.BUFFER_POOL_ENV}=MB or buffer_pool_mb in {config.config_path()}")
+        if _CHECKPOINT_FAILED in line:
+            # LadybugDB reports the transaction committed and durable, yet (0.22, tested in
+            # test_embedded_pool_full_after_commit) reopening the store can come back without
+            # the batch. So this handle's view may not be what is on disk: close it, so nothing
+            # more is read or written through it, and promise only what held in that test.
+            self.close()
+            return NkbError(f"writing {n} {name} rows failed after LadybugDB committed them: {line}",
+                            "the batches before this one are stored; this one may be missing when the store "
+                            "is opened again; run the same command again (writes are idempotent, ingest "
+                            "resumes)" + more)
+        return NkbError(f"writing {n} {name} rows failed: {line}",
+                        "the batch was rolled back; the store is as it was" + more)
 
     def _stored_rels(self, rt: schema.RelType, src: pa.Array, values: list[schema.Prop]) -> pa.Table | None:
         """Every stored relationship of this type leaving the batch's sources (None: there are none)."""
@@ -449,49 +609,38 @@ class EmbeddedStore(Store):
                 differs |= _differs(cols[p.name].take(take), _as_array(old["_p_" + p.name]))
         return np.flatnonzero(is_new), np.unique(found[differs])
 
-    def delete_model(self, model_id: str) -> dict[str, int]:
-        self._check_writable()
-        self._sources_written.clear()
-        deleted = {nt.label: 0 for nt in schema.NODES}
-        p = {"m": model_id}
+    # -- deleting (the steps are the base class's) ---------------------------------------
+    # One transaction holds the whole delete, so nothing is gained by small batches.
+    delete_batch_size = 2**62
+
+    @contextmanager
+    def _deleting(self, model_id: str) -> Iterator[None]:
         try:
             with self._transaction():
-                found = self._execute("MATCH (m:Model {id: $m}) RETURN m.tokenizer", p).get_all()
-                if not found:
-                    raise NkbError(f"no model {model_id!r} in the store", "list the models with: nkb stats")
-                tokenizer = found[0][0]
-                # Snippets are shared between models: only those this model's neurons point
-                # at can become orphans by deleting it.
-                snippets = self._table("MATCH (n:Neuron {model: $m})-[:ACTIVATES_ON]->(s:Snippet) "
-                                       "RETURN DISTINCT s.id AS _id", p)
-                for nt in schema.NODES:
-                    if nt.model_prop:
-                        deleted[nt.label] = int(self._scalar(
-                            f"MATCH (n:{_q(nt.label)}) WHERE n.{_q(nt.model_prop)} = $m DETACH DELETE n RETURN count(*)", p))
-                deleted["Model"] = int(self._scalar("MATCH (m:Model {id: $m}) DETACH DELETE m RETURN count(*)", p))
-                orphan = "WHERE NOT EXISTS { MATCH (s)<-[:ACTIVATES_ON]-() } DETACH DELETE s RETURN count(*)"
-                if snippets.num_rows:
-                    deleted["Snippet"] = int(self._scalar(f"LOAD FROM $ids MATCH (s:Snippet {{id: _id}}) {orphan}",
-                                                          {"ids": snippets}))
-                if tokenizer is not None and not self._scalar(
-                        "MATCH (m:Model) WHERE m.tokenizer = $t RETURN count(*)", {"t": tokenizer}):
-                    t = {"t": tokenizer}
-                    deleted["Token"] = int(self._scalar(
-                        "MATCH (t:Token) WHERE t.tokenizer = $t DETACH DELETE t RETURN count(*)", t))
-                    # No model reads this tokenizer any more, so its unattached snippets
-                    # (say, from an ingest killed before its records) can never be used.
-                    deleted["Snippet"] += int(self._scalar(f"MATCH (s:Snippet {{tokenizer: $t}}) {orphan}", t))
+                yield
         except RuntimeError as e:
             raise NkbError(f"deleting model {model_id!r} failed: {_first_line(e)}",
                            "nothing was deleted; the store is as it was") from None
-        return deleted
+
+    def _rows(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
+        return self._execute(query, params).get_all()
+
+    def _write_rows(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
+        return self._execute(query, params).get_all()
+
+    def _forget_written(self) -> None:
+        self._sources_written.clear()
 
     # -- reading ------------------------------------------------------------------------
-    def _run(self, query: str, params: dict[str, Any], *, write: bool) -> pd.DataFrame:
-        params = {k: _param_value(v) for k, v in params.items()}
+    def _run(self, query: str, params: dict[str, Any], *, write: bool, timeout: float | None = None) -> pd.DataFrame:
+        for name, value in params.items():
+            _check_param(name, value)
+            _check_uniform(name, value)
+        # LadybugDB checks the timeout while it executes and interrupts the query; the
+        # connection stays usable, and a read's transaction is rolled back with it.
+        self.conn.set_query_timeout(0 if timeout is None else max(1, round(timeout * 1000)))
         try:
             if write:
-                self._sources_written.clear()
                 return self._result(self._execute(query, params))
             # The base class has already refused writing clauses by reading the text. A
             # READ ONLY transaction makes the engine refuse them too, so a write the lexical
@@ -500,7 +649,10 @@ class EmbeddedStore(Store):
             with self._transaction(read_only=True):
                 return self._result(self._execute(query, params))
         except RuntimeError as e:
-            raise _query_error(e) from None
+            raise _query_error(e, timeout) from None
+        finally:
+            if self._conn is not None:
+                self._conn.set_query_timeout(0)
 
     @staticmethod
     def _result(result: Any) -> pd.DataFrame:
@@ -508,11 +660,6 @@ class EmbeddedStore(Store):
         if isinstance(result, list):
             result = result[-1]
         return result.get_as_df()
-
-    def counts(self) -> dict[str, int]:
-        out = {nt.label: self._node_count(nt.label) for nt in schema.NODES}
-        out.update({rt.type: self._rel_count(rt.type) for rt in schema.RELS})
-        return out
 
     def artifact_dir(self) -> Path:
         return self.path / "artifacts"

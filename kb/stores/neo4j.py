@@ -6,25 +6,26 @@ otherwise ``$NKB_NEO4J_DATABASE``, otherwise the server's default database. Cred
 come from ``kb.config.neo4j_credentials`` (URL, environment, config file) and are never
 shown: every message carries the URL through ``kb.config.redact``.
 
-Writes are batched ``UNWIND $rows ... MERGE`` statements, one managed write transaction per
-batch (atomic, and retried by the driver on transient errors). Reads run in managed *read*
-transactions, so the server itself refuses a write the lexical guard did not see.
+Writes go in batches, one managed write transaction each (atomic, and retried by the driver
+on transient errors). Keys that are new are written with ``UNWIND $rows ... CREATE``, and
+only rows whose key exists go through ``MERGE ... SET``: MERGE looks each row up, and on a
+first ingest nothing exists. Which keys exist the store knows without asking for a label (or
+relationship type) it has seen empty and written since; otherwise one indexed look-up per
+batch tells. A relationship batch is checked for endpoints the store does not know to exist
+*before* it is written, so a batch that would fail sends nothing, and the count of rows
+written is checked as well, the transaction rolled back when it falls short. Reads run in
+managed *read* transactions, so the server itself refuses a write the lexical guard did not
+see; a query timeout is the transaction timeout the driver sends.
 
-Every Cypher text this module can send is built by the module-level functions below, and
-``statements()`` lists them all, so a test can lint each one with Neo4j's own parser.
-
-The same code also speaks to FalkorDB's Bolt listener, the Neo4j stand-in the test suite
-runs without Docker. A ``dialect`` ("neo4j" | "falkordb"), found by probing the server,
-switches only what FalkorDB cannot do: its index DDL differs and it has no uniqueness
-constraints; its transactions are not transactions (every statement commits on its own),
-so a relationship batch is checked for missing endpoints *before* it is written instead of
-rolled back after; it labels every error "SyntaxError", so its parser errors are told apart
-by their text.
+Every Cypher text this module can send is built by the module-level functions below (and
+those of kb.stores.base), and ``statements()`` lists them all, so a test can lint each one
+with Neo4j's own parser. The module speaks Neo4j 5 only: the test suite's FalkorDB server is
+adapted to it by its relay (tests/servers.py), not the other way round.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import logging
 import os
 import re
@@ -38,26 +39,24 @@ import pandas as pd
 from neo4j import exceptions as nx
 
 from kb import config, schema
+from kb.cypher import quote as q
 from kb.errors import (
     ConnectionFailed,
     NkbError,
     ParameterError,
     QueryError,
+    QueryTimeout,
     ReadOnlyViolation,
     SchemaError,
     StoreCorrupt,
     StoreNotFound,
 )
+from kb.stores import base
 from kb.stores.base import Store, check_schema_version
 
 DATABASE_ENV = "NKB_NEO4J_DATABASE"
 BATCH_SIZE_ENV = "NKB_NEO4J_BATCH_SIZE"
 DEFAULT_BATCH_SIZE = 10_000
-# Nodes (or activation records) removed per transaction by delete_model: a neuron brings
-# its relationships along, and one transaction must stay well inside the server's
-# transaction memory.
-DELETE_BATCH = 2_000
-DIALECTS = ("neo4j", "falkordb")
 
 COMPOSE_HINT = ("start one with: NKB_NEO4J_PASSWORD=... docker compose -f docker/docker-compose.yml up -d, "
                 "or check the URL")
@@ -67,20 +66,8 @@ COMPOSE_HINT = ("start one with: NKB_NEO4J_PASSWORD=... docker compose -f docker
 # A NullHandler keeps it quiet there and still lets an application's handlers see it.
 logging.getLogger("neo4j").addHandler(logging.NullHandler())
 
-# FalkorDB's parser errors: "errMsg: Invalid input ... line: 1, column: 10, offset: 9 errCtx: <query> errCtxOffset: 9"
-_FALKORDB_PARSE_ERROR = re.compile(r"^errMsg: (.*?)(?: errCtx: .*)?$")
-
 
 # -- Cypher text: everything the backend sends is built here --------------------------------
-def q(name: str) -> str:
-    """A quoted identifier; several property names (index, rank, max...) are Cypher words elsewhere."""
-    return "`" + name.replace("`", "``") + "`"
-
-
-PROBE_NEO4J = "CALL dbms.components() YIELD name, versions, edition RETURN name, versions, edition"
-# Neo4j 5 removed db.indexes(); FalkorDB has it. Only sent once PROBE_NEO4J has failed.
-PROBE_FALKORDB = "CALL db.indexes() YIELD label, properties RETURN label, properties"
-
 META_GET = f"MATCH (m:{q(schema.META.label)} {{`key`: $key}}) RETURN m.`value` AS value"
 META_SET = f"MERGE (m:{q(schema.META.label)} {{`key`: $key}}) SET m.`value` = $value"
 # Is there data that is not ours? Creating a knowledge base on top of it would mix the two.
@@ -95,37 +82,47 @@ def _unique_key(nt: schema.NodeType) -> str:
     return "key" if nt is schema.META else "id"
 
 
-def ddl(dialect: str = "neo4j") -> list[str]:
+def ddl() -> list[str]:
     """Constraints and indexes from kb.schema: a unique key per label, plus NodeType.indexed."""
     out = []
     for nt in (schema.META, *schema.NODES):
         key = _unique_key(nt)
-        if dialect == "neo4j":
-            out.append(f"CREATE CONSTRAINT {_index_name(nt.label, key)} IF NOT EXISTS "
-                       f"FOR (n:{q(nt.label)}) REQUIRE n.{q(key)} IS UNIQUE")
-        else:
-            # FalkorDB has no uniqueness constraints in Cypher; MERGE on an indexed id keeps ids unique.
-            out.append(f"CREATE INDEX FOR (n:{q(nt.label)}) ON (n.{q(key)})")
+        out.append(f"CREATE CONSTRAINT {_index_name(nt.label, key)} IF NOT EXISTS "
+                   f"FOR (n:{q(nt.label)}) REQUIRE n.{q(key)} IS UNIQUE")
         for prop in nt.indexed:
-            if dialect == "neo4j":
-                out.append(f"CREATE INDEX {_index_name(nt.label, prop)} IF NOT EXISTS "
-                           f"FOR (n:{q(nt.label)}) ON (n.{q(prop)})")
-            else:
-                out.append(f"CREATE INDEX FOR (n:{q(nt.label)}) ON (n.{q(prop)})")
+            out.append(f"CREATE INDEX {_index_name(nt.label, prop)} IF NOT EXISTS "
+                       f"FOR (n:{q(nt.label)}) ON (n.{q(prop)})")
     return out
 
 
-def _ddl_target(statement: str) -> tuple[str, str]:
-    """(label, property) of a FalkorDB CREATE INDEX statement, to skip indexes that exist."""
-    m = re.search(r"FOR \(n:`([^`]+)`\) ON \(n\.`([^`]+)`\)", statement)
-    assert m, statement
-    return m.group(1), m.group(2)
+def existing_nodes_query(nt: schema.NodeType) -> str:
+    return f"UNWIND $ids AS id MATCH (n:{q(nt.label)} {{id: id}}) RETURN n.id AS id"
+
+
+def create_nodes_query(nt: schema.NodeType, columns: list[str]) -> str:
+    props = ", ".join(f"{q(c)}: row.{q(c)}" for c in nt.columns if c in columns)
+    return f"UNWIND $rows AS row CREATE (n:{q(nt.label)} {{{props}}})"
 
 
 def upsert_nodes_query(nt: schema.NodeType, columns: list[str]) -> str:
     sets = [f"n.{q(c)} = row.{q(c)}" for c in nt.columns if c in columns and c != "id"]
     return (f"UNWIND $rows AS row MERGE (n:{q(nt.label)} {{id: row.id}})"
             + (f" SET {', '.join(sets)}" if sets else ""))
+
+
+def existing_rels_query(rt: schema.RelType) -> str:
+    """Which rows (by their ``i``) name a relationship that exists."""
+    key = "".join(f" {'WHERE' if n == 0 else 'AND'} r.{q(k)} = row.{q(k)}" for n, k in enumerate(rt.key))
+    return (f"UNWIND $rows AS row MATCH (a:{q(rt.src)} {{id: row.src}})-[r:{q(rt.type)}]->(b:{q(rt.dst)} {{id: row.dst}})"
+            f"{key} RETURN DISTINCT row.i AS i")
+
+
+def create_rels_query(rt: schema.RelType, columns: list[str]) -> str:
+    props = ", ".join(f"{q(c)}: row.{q(c)}" for c in rt.columns if c in columns)
+    return (f"UNWIND $rows AS row "
+            f"MATCH (a:{q(rt.src)} {{id: row.src}}) MATCH (b:{q(rt.dst)} {{id: row.dst}}) "
+            f"CREATE (a)-[r:{q(rt.type)}{' {' + props + '}' if props else ''}]->(b)"
+            " RETURN count(*) AS written")
 
 
 def upsert_rels_query(rt: schema.RelType, columns: list[str]) -> str:
@@ -145,53 +142,21 @@ def missing_endpoint_query(rt: schema.RelType) -> str:
             f"RETURN row.src AS src, row.dst AS dst, a IS NULL AS src_missing LIMIT 1")
 
 
-def node_count_query(label: str) -> str:
-    return f"MATCH (n:{q(label)}) RETURN count(n) AS n"
+def statements() -> list[str]:
+    """Every Cypher statement the backend can send (user queries aside).
 
-
-def rel_count_query(type_: str) -> str:
-    return f"MATCH ()-[r:{q(type_)}]->() RETURN count(r) AS n"
-
-
-MODEL_TOKENIZER = "MATCH (m:`Model` {id: $model}) RETURN m.`tokenizer` AS tokenizer"
-# Detach a batch of the model's activation records, returning the snippets they pointed at.
-DETACH_RECORDS = ("MATCH (:`Neuron` {`model`: $model})-[r:`ACTIVATES_ON`]->(s:`Snippet`) "
-                  "WITH r, s LIMIT $limit DELETE r RETURN collect(DISTINCT s.id) AS snippets")
-DELETE_ORPHAN_SNIPPETS = ("UNWIND $ids AS sid MATCH (s:`Snippet` {id: sid}) "
-                          "WHERE NOT (s)<-[:`ACTIVATES_ON`]-() DETACH DELETE s RETURN count(*) AS deleted")
-OTHER_MODELS_WITH_TOKENIZER = ("MATCH (m:`Model`) WHERE m.`tokenizer` = $tokenizer AND m.id <> $model "
-                               "RETURN count(m) AS n")
-DELETE_TOKENS = ("MATCH (t:`Token`) WHERE t.`tokenizer` = $tokenizer "
-                 "WITH t LIMIT $limit DETACH DELETE t RETURN count(*) AS deleted")
-DELETE_UNUSED_SNIPPETS = ("MATCH (s:`Snippet`) WHERE s.`tokenizer` = $tokenizer AND NOT (s)<-[:`ACTIVATES_ON`]-() "
-                          "WITH s LIMIT $limit DETACH DELETE s RETURN count(*) AS deleted")
-DELETE_MODEL = "MATCH (m:`Model` {id: $model}) DETACH DELETE m RETURN count(*) AS deleted"
-
-
-def delete_by_model_query(nt: schema.NodeType) -> str:
-    assert nt.model_prop
-    return (f"MATCH (n:{q(nt.label)}) WHERE n.{q(nt.model_prop)} = $model "
-            f"WITH n LIMIT $limit DETACH DELETE n RETURN count(*) AS deleted")
-
-
-def statements(dialect: str = "neo4j") -> list[str]:
-    """Every Cypher statement the backend can send in ``dialect`` (user queries aside).
-
-    Upserts are listed with all their columns and with none but the keys: the statements
-    for other column subsets are the same shape with fewer SET items.
+    Writes are listed with all their columns and with none but the keys: the statements
+    for other column subsets are the same shape with fewer properties.
     """
-    out = [PROBE_NEO4J, *([PROBE_FALKORDB] if dialect == "falkordb" else []),
-           META_GET, META_SET, FOREIGN_DATA, *ddl(dialect)]
+    out = [META_GET, META_SET, FOREIGN_DATA, *ddl()]
     for nt in schema.NODES:
-        out += [upsert_nodes_query(nt, nt.columns), upsert_nodes_query(nt, ["id"]), node_count_query(nt.label)]
-        if nt.model_prop:
-            out.append(delete_by_model_query(nt))
+        out += [existing_nodes_query(nt), create_nodes_query(nt, nt.columns), create_nodes_query(nt, ["id"]),
+                upsert_nodes_query(nt, nt.columns), upsert_nodes_query(nt, ["id"])]
     for rt in schema.RELS:
-        full = ["src", "dst", *rt.columns]
-        out += [upsert_rels_query(rt, full), upsert_rels_query(rt, ["src", "dst", *rt.key]),
-                missing_endpoint_query(rt), rel_count_query(rt.type)]
-    out += [MODEL_TOKENIZER, DETACH_RECORDS, DELETE_ORPHAN_SNIPPETS, OTHER_MODELS_WITH_TOKENIZER,
-            DELETE_TOKENS, DELETE_UNUSED_SNIPPETS, DELETE_MODEL]
+        full, keys = ["src", "dst", *rt.columns], ["src", "dst", *rt.key]
+        out += [existing_rels_query(rt), create_rels_query(rt, full), create_rels_query(rt, keys),
+                upsert_rels_query(rt, full), upsert_rels_query(rt, keys), missing_endpoint_query(rt)]
+    out += base.statements()
     return list(dict.fromkeys(out))
 
 
@@ -271,26 +236,6 @@ def frame_rows(owner: str, props: list[schema.Prop], df: pd.DataFrame) -> list[d
     return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
-def _param(name: str, value: Any) -> Any:
-    """A query parameter as a value the driver can send (numpy and pandas values included)."""
-    if value is pd.NA or value is pd.NaT:  # NaT passes for a datetime
-        return None
-    if value is None or isinstance(value, (bool, int, float, str, bytes, dt.date, dt.time, dt.timedelta)):
-        return value
-    if isinstance(value, np.generic):
-        return _param(name, value.item())
-    if isinstance(value, np.ndarray):
-        return [_param(name, v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_param(name, v) for v in value]
-    if isinstance(value, pd.Series):
-        return [_param(name, v) for v in value.tolist()]
-    if isinstance(value, dict):
-        return {str(k): _param(name, v) for k, v in value.items()}
-    raise ParameterError(f"parameter ${name} is a {type(value).__name__}, which cannot be sent to Neo4j",
-                         "pass numbers, strings, booleans, lists or dicts")
-
-
 def _out(value: Any) -> Any:
     """A driver value as plain Python: nodes and relationships become dicts of their properties."""
     if isinstance(value, (neo4j.graph.Node, neo4j.graph.Relationship)):
@@ -308,11 +253,8 @@ def _out(value: Any) -> Any:
 
 # -- the store -------------------------------------------------------------------------------
 def redact(url: str) -> str:
-    """kb.config.redact, also for a URL too broken to parse (say, a non-numeric port)."""
-    try:
-        return config.redact(url)
-    except ValueError:
-        return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+    """kb.config.redact (which works on text, so also for a URL too broken to parse)."""
+    return config.redact(url)
 
 
 def parse_url(url: str) -> tuple[str, str | None]:
@@ -353,7 +295,7 @@ def _batch_size(value: int | None) -> int:
 
 
 class Neo4jStore(Store):
-    """A knowledge base in a Neo4j database (or FalkorDB's Bolt listener, for tests)."""
+    """A knowledge base in a Neo4j 5 database."""
 
     engine = "neo4j"
 
@@ -361,13 +303,17 @@ class Neo4jStore(Store):
         # Only the redacted URL is kept where it can be shown (repr, messages).
         super().__init__(redact(url), read_only=read_only)
         self.default_batch_size = _batch_size(batch_size)
-        self.delete_batch_size = DELETE_BATCH
         driver_url, self.database = parse_url(url)
         self.user, password = config.neo4j_credentials(url)
-        self._secret = password
+        self._raw_url, self._secret = url, password
         self._bookmarks = neo4j.GraphDatabase.bookmark_manager()
         self._driver: neo4j.Driver | None = None
-        self.dialect: str | None = None  # "neo4j" or "falkordb", once the server has answered
+        # Per label: the ids this store has created since it found the label empty (so any
+        # other id is new), or None when it found the label holding nodes. Per relationship
+        # type: the sources written since it found the type empty, or None. Absent: not
+        # looked at yet. Dropped by anything else that writes (see _forget_written).
+        self._ids: dict[str, set[str] | None] = {}
+        self._sources: dict[str, set[str] | None] = {}
         try:
             from kb import __version__
 
@@ -379,7 +325,6 @@ class Neo4jStore(Store):
                                    "use bolt://HOST:7687 or neo4j://HOST:7687, optionally with /DATABASE") from None
         try:
             self._connect()
-            self.dialect = self._detect_dialect()
             self._open(create=create and not read_only)
         except BaseException:
             # Whatever stopped the open, the driver's connections must not outlive it.
@@ -388,9 +333,9 @@ class Neo4jStore(Store):
 
     # -- opening ------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
-        # Driver messages name hosts, not passwords; this makes sure of it (a password of a
-        # character or two would only garble the message, and tells nothing on its own).
-        return text.replace(self._secret, "***") if len(self._secret) > 2 else text
+        # Driver messages can echo the URI they were given (query string included) and name
+        # hosts; this makes sure no password or query value gets through.
+        return config.scrub(text, self._raw_url, self._secret)
 
     def _connect(self) -> None:
         try:
@@ -421,21 +366,6 @@ class Neo4jStore(Store):
         return ConnectionFailed(f"Neo4j at {self.url} refused the connection: {self._scrub(_first_line(e.message or ''))}",
                                 COMPOSE_HINT)
 
-    def _detect_dialect(self) -> str:
-        # FalkorDB introduces itself as "Neo4j/5.13.0", so ask for something only Neo4j has.
-        try:
-            rows = self._read(lambda tx: tx.run(PROBE_NEO4J).data(), opening=True)
-            if rows and str(rows[0].get("name", "")).startswith("Neo4j"):
-                return "neo4j"
-        except QueryError:
-            pass  # not Neo4j; see whether it is FalkorDB
-        try:
-            self._read(lambda tx: tx.run(PROBE_FALKORDB).consume(), opening=True)
-        except QueryError:
-            raise ConnectionFailed(f"the Bolt server at {self.url} is not Neo4j (nor FalkorDB)",
-                                   "point the URL at a Neo4j 5 server") from None
-        return "falkordb"
-
     def _open(self, *, create: bool) -> None:
         version = self.get_meta("schema_version")
         if version is None:
@@ -453,13 +383,7 @@ class Neo4jStore(Store):
     def _create(self) -> None:
         from kb import __version__
 
-        todo = ddl(self.dialect)
-        if self.dialect == "falkordb":
-            # FalkorDB's CREATE INDEX has no IF NOT EXISTS: skip what an interrupted create made.
-            existing = {(r["label"], p) for r in self._read(lambda tx: tx.run(PROBE_FALKORDB).data())
-                        for p in r["properties"]}
-            todo = [s for s in todo if _ddl_target(s) not in existing]
-        for statement in todo:
+        for statement in ddl():
             # Schema changes cannot share a transaction with data writes on Neo4j.
             self._write(lambda tx, s=statement: tx.run(s).consume())
         # The metadata goes last: a store without it reads as not created, so an
@@ -478,13 +402,18 @@ class Neo4jStore(Store):
         return self.driver.session(database=self.database, default_access_mode=mode,
                                    bookmark_manager=self._bookmarks)
 
-    def _read(self, work: Callable[[neo4j.ManagedTransaction], Any], *, opening: bool = False) -> Any:
-        return self._transact(neo4j.READ_ACCESS, work, opening)
+    def _read(self, work: Callable[[neo4j.ManagedTransaction], Any], *, opening: bool = False,
+              timeout: float | None = None) -> Any:
+        return self._transact(neo4j.READ_ACCESS, work, opening, timeout)
 
-    def _write(self, work: Callable[[neo4j.ManagedTransaction], Any]) -> Any:
-        return self._transact(neo4j.WRITE_ACCESS, work, False)
+    def _write(self, work: Callable[[neo4j.ManagedTransaction], Any], *, timeout: float | None = None) -> Any:
+        return self._transact(neo4j.WRITE_ACCESS, work, False, timeout)
 
-    def _transact(self, mode: str, work: Callable[[neo4j.ManagedTransaction], Any], opening: bool) -> Any:
+    def _transact(self, mode: str, work: Callable[[neo4j.ManagedTransaction], Any], opening: bool,
+                  timeout: float | None = None) -> Any:
+        if timeout is not None:
+            # Sent with BEGIN: the server terminates the transaction when it runs longer.
+            work = neo4j.unit_of_work(timeout=timeout)(work)
         try:
             with self._session(mode) as session:
                 if mode == neo4j.READ_ACCESS:
@@ -493,20 +422,17 @@ class Neo4jStore(Store):
         except nx.Neo4jError as e:
             if opening and (e.code or "").endswith("Database.DatabaseNotFound"):
                 raise self._open_error(e) from None
-            raise self._query_error(e) from None
+            raise self._query_error(e, timeout) from None
         except (nx.ServiceUnavailable, nx.SessionExpired) as e:
             raise ConnectionFailed(f"lost the connection to Neo4j at {self.url}: {self._reason(e)}",
                                    COMPOSE_HINT) from None
 
-    def _query_error(self, e: nx.Neo4jError) -> NkbError:
+    def _query_error(self, e: nx.Neo4jError, timeout: float | None = None) -> NkbError:
         code = e.code or ""
         line = self._scrub(_first_line(e.message or "") or code)
-        if self.dialect == "falkordb":
-            m = _FALKORDB_PARSE_ERROR.match(line)
-            if m:
-                return QueryError(f"Cypher syntax error: {m.group(1)}")
-            if line == "Missing parameters":
-                return ParameterError("the query needs a parameter it was not given")
+        if ".Transaction.TransactionTimedOut" in code and timeout is not None:
+            return QueryTimeout(f"the query ran longer than its {timeout:g} s timeout and was cancelled",
+                                "pass a longer --timeout (or timeout=), or narrow the query with LIMIT or a WHERE")
         if code.endswith("Statement.SyntaxError"):
             return QueryError(f"Cypher syntax error: {line}")
         if code.endswith("Statement.ParameterMissing"):
@@ -519,29 +445,69 @@ class Neo4jStore(Store):
         return QueryError(f"query failed: {line}")
 
     # -- writing ------------------------------------------------------------------------
+    def _tracked(self, memo: dict[str, set[str] | None], name: str, count_query: str) -> set[str] | None:
+        """What the store wrote under ``name`` since it found it empty; None when it was not empty."""
+        if name not in memo:
+            memo[name] = None if self._count(count_query) else set()
+        return memo[name]
+
     def _upsert_nodes_batch(self, nt: schema.NodeType, df: pd.DataFrame) -> None:
         props = [p for p in nt.props if p.name in df.columns]
         rows = frame_rows(nt.label, props, df)
-        query = upsert_nodes_query(nt, list(df.columns))
-        self._write(lambda tx: tx.run(query, rows=rows).consume())
+        ids = self._tracked(self._ids, nt.label, base.node_count_query(nt.label))
+        if ids is not None:
+            exists = {r["id"] for r in rows if r["id"] in ids}
+        else:
+            wanted = [r["id"] for r in rows]
+            exists = set(self._read(lambda tx: tx.run(existing_nodes_query(nt), ids=wanted).value()))
+        new = [r for r in rows if r["id"] not in exists]
+        old = [r for r in rows if r["id"] in exists]
+        columns = list(df.columns)
+
+        def work(tx: neo4j.ManagedTransaction) -> None:
+            if new:
+                tx.run(create_nodes_query(nt, columns), rows=new).consume()
+            if old:
+                tx.run(upsert_nodes_query(nt, columns), rows=old).consume()
+
+        self._write(work)
+        if ids is not None:
+            ids.update(r["id"] for r in new)
 
     def _upsert_rels_batch(self, rt: schema.RelType, df: pd.DataFrame) -> None:
         props = [schema.Prop("src", schema.STRING), schema.Prop("dst", schema.STRING),
                  *(p for p in rt.props if p.name in df.columns)]
         rows = frame_rows(rt.type, props, df)
-        query = upsert_rels_query(rt, list(df.columns))
-        ends = [{"src": r["src"], "dst": r["dst"]} for r in rows]
+        columns = list(df.columns)
+        sources = self._tracked(self._sources, rt.type, base.rel_count_query(rt.type))
+        # Only rows from a source already written to can name a relationship that exists.
+        maybe = [i for i, r in enumerate(rows) if sources is None or r["src"] in sources]
+        exists: set[int] = set()
+        if maybe:
+            keys = [{"i": i, "src": rows[i]["src"], "dst": rows[i]["dst"], **{k: rows[i][k] for k in rt.key}}
+                    for i in maybe]
+            exists = set(self._read(lambda tx: tx.run(existing_rels_query(rt), rows=keys).value()))
+        new = [r for i, r in enumerate(rows) if i not in exists]
+        old = [rows[i] for i in sorted(exists)]
+        # Endpoints this store did not write itself are looked up before anything is sent.
+        src_ids, dst_ids = self._ids.get(rt.src), self._ids.get(rt.dst)
+        unsure = [{"src": r["src"], "dst": r["dst"]} for r in new
+                  if src_ids is None or dst_ids is None or r["src"] not in src_ids or r["dst"] not in dst_ids]
 
         def work(tx: neo4j.ManagedTransaction) -> None:
-            if self.dialect == "falkordb":
-                # FalkorDB cannot roll back, so look before writing.
-                self._check_endpoints(tx, rt, ends)
-            written = tx.run(query, rows=rows).single()["written"]
-            if written != len(rows):
+            if unsure:
+                self._check_endpoints(tx, rt, unsure)
+            if new and tx.run(create_rels_query(rt, columns), rows=new).single()["written"] != len(new):
                 # Raising inside the transaction function rolls the batch back.
-                self._check_endpoints(tx, rt, ends)
+                self._check_endpoints(tx, rt, [{"src": r["src"], "dst": r["dst"]} for r in new])
+                raise NkbError(f"writing {len(rows)} {rt.type} rows failed: fewer were written than sent",
+                               "the batch was rolled back")
+            if old:
+                tx.run(upsert_rels_query(rt, columns), rows=old).consume()
 
         self._write(work)
+        if sources is not None:
+            sources.update(r["src"] for r in new)
 
     @staticmethod
     def _check_endpoints(tx: neo4j.ManagedTransaction, rt: schema.RelType, ends: list[dict]) -> None:
@@ -553,64 +519,30 @@ class Neo4jStore(Store):
                           f"write the {label} nodes before their {rt.type} relationships; "
                           "the batch was not written")
 
-    def delete_model(self, model_id: str) -> dict[str, int]:
-        """See Store.delete_model. Runs as a series of batch transactions, the Model node
-        last, so an interrupted delete is finished by running it again."""
-        self._check_writable()
-        found = self._read(lambda tx: tx.run(MODEL_TOKENIZER, model=model_id).data())
-        if not found:
-            raise NkbError(f"no model {model_id!r} in the store", "list the models with: nkb stats")
-        tokenizer = found[0]["tokenizer"]
-        deleted = {nt.label: 0 for nt in schema.NODES}
+    def _forget_written(self) -> None:
+        self._ids.clear()
+        self._sources.clear()
 
-        def detach_records(tx: neo4j.ManagedTransaction) -> int | None:
-            snippets = tx.run(DETACH_RECORDS, model=model_id, limit=self.delete_batch_size).single()["snippets"]
-            if not snippets:
-                return None
-            return tx.run(DELETE_ORPHAN_SNIPPETS, ids=snippets).single()["deleted"]
+    # -- the base class's own statements ----------------------------------------------------
+    def _deleting(self, model_id: str) -> contextlib.AbstractContextManager[None]:
+        # A transaction per statement (see delete_model): nothing to open around them.
+        return contextlib.nullcontext()
 
-        while (n := self._write(detach_records)) is not None:
-            deleted["Snippet"] += n
-        for nt in schema.NODES:
-            if nt.model_prop:
-                deleted[nt.label] += self._delete_all(delete_by_model_query(nt), model=model_id)
-        if tokenizer is not None:
-            others = self._read(lambda tx: tx.run(OTHER_MODELS_WITH_TOKENIZER, tokenizer=tokenizer,
-                                                  model=model_id).single()["n"])
-            if not others:
-                deleted["Token"] += self._delete_all(DELETE_TOKENS, tokenizer=tokenizer)
-                # No model reads this tokenizer any more, so its unattached snippets (say,
-                # from an ingest killed before its records) can never be used.
-                deleted["Snippet"] += self._delete_all(DELETE_UNUSED_SNIPPETS, tokenizer=tokenizer)
-        deleted["Model"] += self._write(lambda tx: tx.run(DELETE_MODEL, model=model_id).single()["deleted"])
-        return deleted
+    def _rows(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
+        return self._read(lambda tx: [list(r.values()) for r in tx.run(query, params)])
 
-    def _delete_all(self, query: str, **params: Any) -> int:
-        total = 0
-        params["limit"] = self.delete_batch_size
-        while n := self._write(lambda tx: tx.run(query, params).single()["deleted"]):
-            total += n
-        return total
+    def _write_rows(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
+        return self._write(lambda tx: [list(r.values()) for r in tx.run(query, params)])
 
     # -- reading ------------------------------------------------------------------------
-    def _run(self, query: str, params: dict[str, Any], *, write: bool) -> pd.DataFrame:
-        sent = {str(k): _param(str(k), v) for k, v in params.items()}
-
+    def _run(self, query: str, params: dict[str, Any], *, write: bool, timeout: float | None = None) -> pd.DataFrame:
         def work(tx: neo4j.ManagedTransaction) -> pd.DataFrame:
-            result = tx.run(query, sent)
+            result = tx.run(query, params)
             keys = list(result.keys())
             rows = [[_out(v) for v in record.values()] for record in result]
             return pd.DataFrame(rows, columns=keys) if rows else pd.DataFrame({k: [] for k in keys})
 
-        return self._write(work) if write else self._read(work)
-
-    def counts(self) -> dict[str, int]:
-        def work(tx: neo4j.ManagedTransaction) -> dict[str, int]:
-            out = {nt.label: tx.run(node_count_query(nt.label)).single()["n"] for nt in schema.NODES}
-            out.update({rt.type: tx.run(rel_count_query(rt.type)).single()["n"] for rt in schema.RELS})
-            return out
-
-        return self._read(work)
+        return self._write(work, timeout=timeout) if write else self._read(work, timeout=timeout)
 
     def artifact_dir(self) -> Path:
         return config.server_artifact_dir(self.url, self.database)
@@ -630,4 +562,4 @@ class Neo4jStore(Store):
             self._driver = None
 
 
-__all__ = ["Neo4jStore", "statements", "ddl", "parse_url", "DIALECTS"]
+__all__ = ["Neo4jStore", "statements", "ddl", "parse_url"]

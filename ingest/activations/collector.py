@@ -1,0 +1,330 @@
+"""The forward-hook driver: one forward pass per batch serves every requested layer.
+
+A forward pre-hook on each requested layer's MLP output projection sees all of that layer's
+neurons at once ([batch, tokens, d_mlp]); the hook folds the batch into fixed-size
+per-neuron state (statistics, record buffers) and lets the activations go. Nothing
+proportional to the corpus is held, and the forward stops after the last requested layer
+(later layers and the LM head would be wasted work).
+
+Hot path: the sampled records are planned before the pass (``keys.plan_windows``), so the
+hook only copies their activations as their batch goes by. Only the top records need
+selection during the pass; on CPU the hook gathers the (window, neuron) pairs that beat the
+neuron's current k-th max and merges them in bulk once per group of windows (or earlier,
+when many are waiting); on CUDA a dense merge runs every batch, because a sparse one would
+synchronise the device at every ``nonzero``. On CPU the hook's own work runs on one thread:
+it is a few dozen small operations per layer, and on a busy machine every multi-threaded
+one can wait a scheduler time slice for its second thread, which costs far more than the
+parallelism saves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ingest.activations.buffers import Planned, TopK
+from ingest.activations.config import LayerResults, RecordConfig, refuse_checkpoint
+from ingest.activations.frames import boundaries, quantile_records, records
+from ingest.activations.keys import key_values, plan_windows, value_keys
+from ingest.activations.stats import GROUP, MAX, RunningStats, window_partials
+from kb.errors import IngestError
+
+CHECKPOINT_FORMAT = 3
+_MAX_WINDOWS = 2**31 - 1  # int32 window indices in the sample plans
+
+
+class LayerState:
+    """Everything the pass keeps for one layer: statistics, top records, planned samples."""
+
+    _RECORDS = ("top", "random", "reservoir", "boundary")
+
+    def __init__(self, layer: int, d: int, window: int, cfg: RecordConfig, device: torch.device, n_windows: int):
+        self.stats = RunningStats(d, device)
+        self.top = TopK(d, cfg.top_k, window, device)
+        self.top_bar = key_values(self.top.smallest)  # float32 [d]: the k-th max, as of the last merge
+        # Top-record candidates waiting for a bulk merge (CPU): (neuron, window, max, activations).
+        self.waiting: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.n_waiting = 0
+        nq = cfg.n_quantiles > 0
+        sizes = {"random": cfg.n_random, "quantile": cfg.reservoir if nq else 0,
+                 "boundary": cfg.boundary_sample if nq else 0}
+        payloads = {"random": (window,), "quantile": (window,), "boundary": ()}
+        samples = {}
+        for stream, k in sizes.items():
+            # The boundary sample's order is never used: skip sorting 512 keys per neuron.
+            plan = plan_windows(cfg.seed, stream, layer, d, n_windows, k, ordered=stream != "boundary")
+            samples[stream] = Planned(plan, payloads[stream], device)
+        self.random, self.reservoir, self.boundary = samples["random"], samples["quantile"], samples["boundary"]
+
+    def state(self) -> dict:
+        return {**self.stats.state(), **{name: getattr(self, name).state() for name in self._RECORDS}}
+
+    def load(self, state: dict, where: str) -> None:
+        self.stats.load(state, where)
+        for name in self._RECORDS:
+            part = state.get(name)
+            if not isinstance(part, dict):
+                raise refuse_checkpoint(f"{where}.{name}")
+            getattr(self, name).load(part, f"{where}.{name}")
+        self.top_bar = key_values(self.top.smallest)
+
+
+class _StopForward(Exception):
+    """Raised by the last requested layer's hook: the rest of the forward pass is not needed."""
+
+
+def buffer_bytes(d_mlp: int, window: int, cfg: RecordConfig) -> int:
+    """Memory the collector holds per layer on its device, whatever the corpus size: 52 MB for
+    SmolLM2-135M (d_mlp 1536) at window 64 and the default records, half of it the quantile
+    reservoir."""
+    acts = 4 * window  # float32 activations of one record
+    q = cfg.n_quantiles > 0
+    per_neuron = (
+        cfg.top_k * (8 + 8 + acts)  # key, window, activations
+        + (cfg.n_random + (cfg.reservoir if q else 0)) * (4 + 4 + acts)  # planned window and slot, activations
+        + (cfg.boundary_sample if q else 0) * (4 + 4 + 4)  # planned window and slot, window max
+        + 3 * 8 + 3 * 4  # totals
+        + 5 * GROUP * 4  # the current group's per-window partials
+    )
+    return d_mlp * per_neuron
+
+
+class ActivationCollector:
+    """Folds batches of corpus windows into per-neuron statistics and records, for several layers at once.
+
+    ``n_windows`` is the corpus size: the sampled records are planned for it before the pass.
+    Windows must arrive in order: ``process(batch, first_window)`` with ``first_window ==
+    windows_done``; results taken before all ``n_windows`` are processed hold the windows
+    seen so far. The model is moved to ``device`` and cast to ``dtype`` in place (like
+    ``nn.Module.to``) if it is not there already.
+    """
+
+    def __init__(self, adapter, layers: list[int], window: int, cfg: RecordConfig, *, bos_id: int | None,
+                 n_windows: int, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        layers = [int(layer) for layer in layers]
+        if not layers:
+            raise IngestError("no layers requested for the activation pass")
+        if len(set(layers)) != len(layers):
+            raise IngestError(f"layers requested twice in {layers}")
+        for layer in layers:
+            if not 0 <= layer < adapter.n_layers:
+                raise IngestError(f"layer {layer} is out of range: the model has layers 0..{adapter.n_layers - 1}")
+        if window < 1:
+            raise IngestError(f"window must be >= 1 token, got {window}")
+        if not 0 <= n_windows <= _MAX_WINDOWS:
+            raise IngestError(f"n_windows must be in 0 .. {_MAX_WINDOWS}, got {n_windows}")
+        self.adapter = adapter
+        self.layers = layers
+        self.window = int(window)
+        self.cfg = cfg
+        self.bos_id = None if bos_id is None else int(bos_id)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.n_windows = int(n_windows)
+        self.windows_done = 0
+        # CPU: sparse bulk merges, hook work on one thread (see the module docstring).
+        # CUDA: dense merges that never synchronise; threads are irrelevant there.
+        self._sparse = self.device.type == "cpu"
+        self._hook_threads: int | None = 1 if self.device.type == "cpu" else None
+        d = adapter.d_mlp
+        self._wait_limit = max(4 * d, d * cfg.top_k // 2)  # candidate pairs held before a merge
+        model = adapter.model
+        param = next(model.parameters())
+        if param.device != self.device or param.dtype != dtype:
+            model.to(device=self.device, dtype=dtype)
+        with torch.inference_mode(False):
+            self._state = {layer: LayerState(layer, d, self.window, cfg, self.device, self.n_windows)
+                           for layer in layers}
+        self._scratch: dict[str, torch.Tensor] = {}
+
+    # --- identity, for checkpoints -------------------------------------------------------
+    def _identity(self) -> dict:
+        a = self.adapter
+        return {
+            "layers": list(self.layers), "window": self.window, "bos_id": self.bos_id, "cfg": asdict(self.cfg),
+            "model": {"architecture": a.name, "n_layers": int(a.n_layers), "d_mlp": int(a.d_mlp),
+                      "d_model": int(a.d_model), "vocab_size": int(a.vocab_size)},
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "n_windows": self.n_windows,
+        }
+
+    @property
+    def n_tokens(self) -> int:
+        """Corpus tokens folded in so far (BOS positions not counted)."""
+        return self.windows_done * self.window
+
+    # --- the hot path --------------------------------------------------------------------
+    def _buffer(self, name: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        # Reused scratch: a fresh multi-MB tensor per layer per batch costs page faults.
+        buf = self._scratch.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._scratch[name] = torch.empty(shape, dtype=dtype, device=self.device)
+        return buf
+
+    def process(self, token_ids: np.ndarray, first_window: int) -> None:
+        """Run windows ``first_window .. first_window + B - 1`` (``token_ids`` [B, window]) and fold them in."""
+        ids = np.asarray(token_ids)
+        if ids.ndim != 2 or ids.shape[1] != self.window or not np.issubdtype(ids.dtype, np.integer):
+            raise IngestError(f"a batch must be integer token ids of shape [batch, {self.window}], "
+                              f"got {ids.dtype} {list(ids.shape)}")
+        if first_window != self.windows_done:
+            raise IngestError(f"windows must be processed in order: expected window {self.windows_done} next, "
+                              f"got {first_window}")
+        batch = ids.shape[0]
+        if batch == 0:
+            return
+        if first_window + batch > self.n_windows:
+            raise IngestError(f"windows {first_window}..{first_window + batch - 1} are past the end of the corpus "
+                              f"({self.n_windows} windows)")
+        self._first_window = first_window
+        self._batch_windows = torch.arange(first_window, first_window + batch, device=self.device)
+        inputs = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
+        if self.bos_id is not None:
+            inputs = torch.cat([torch.full((batch, 1), self.bos_id, dtype=torch.int64), inputs], 1)
+        inputs = inputs.to(self.device)
+
+        last = max(self.layers)
+        handles = []
+        for layer in self.layers:
+            def hook(module, args, layer=layer):
+                self._observe(self._state[layer], args[0])
+                if layer == last:
+                    raise _StopForward
+            handles.append(self.adapter.neuron_module(layer).register_forward_pre_hook(hook))
+        try:
+            with torch.inference_mode():
+                self.adapter.model(input_ids=inputs, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        self.windows_done += batch
+
+    def _observe(self, st: LayerState, x: torch.Tensor) -> None:
+        threads = self._hook_threads
+        if threads is None:
+            self._observe_batch(st, x)
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            self._observe_batch(st, x)
+        finally:
+            torch.set_num_threads(before)
+
+    def _observe_batch(self, st: LayerState, x: torch.Tensor) -> None:
+        """Fold one layer's activations [B, (1 +) window, d_mlp] into its state."""
+        if self.bos_id is not None:
+            x = x[:, 1:]  # the BOS position is an attention sink, not corpus text
+        if x.dtype != torch.float32:
+            x = self._buffer("x", x.shape, torch.float32).copy_(x)
+        batch, tokens, d = x.shape
+        first = self._first_window
+
+        part = self._buffer("part", (5, batch, d), torch.float32)
+        window_partials(x, part, self._buffer("c", x.shape, torch.float32))
+        if st.stats.add(part, first, tokens):
+            self._merge_top(st)  # refresh the candidate threshold once per group
+
+        wmax = part[MAX]
+        windows = self._batch_windows
+        acts = x.permute(0, 2, 1)  # [B, d, T]: payloads are looked up per (window, neuron)
+        if self._sparse:
+            # Candidates beat the k-th max as of the last merge: a superset of the true ones.
+            b, n = torch.nonzero(wmax > st.top_bar, as_tuple=True)
+            if b.numel():
+                st.waiting.append((n, windows[b], wmax[b, n], acts[b, n]))
+                st.n_waiting += b.numel()
+                if st.n_waiting > self._wait_limit:
+                    self._merge_top(st)
+        else:
+            st.top.merge_dense(value_keys(wmax, windows[:, None]), windows, acts)
+        st.random.add(first, batch, acts)
+        st.reservoir.add(first, batch, acts)
+        st.boundary.add(first, batch, wmax)
+
+    def _merge_top(self, st: LayerState) -> None:
+        if not st.waiting:
+            return
+        n, w, v, a = (torch.cat(parts) for parts in zip(*st.waiting))
+        st.waiting, st.n_waiting = [], 0
+        st.top.merge_pairs(n, value_keys(v, w), w, a)
+        st.top_bar = key_values(st.top.smallest)
+
+    def _settle(self) -> None:
+        """Merge every waiting top candidate (results and checkpoints see complete buffers)."""
+        with torch.inference_mode():
+            for st in self._state.values():
+                self._merge_top(st)
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly, as CPU tensors and plain values (``torch.save``-able).
+
+        On CPU the tensors are the live state, not copies: save them before processing more."""
+        self._settle()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "identity": self._identity(),
+            "windows_done": self.windows_done,
+            "layers": {layer: st.state() for layer, st in self._state.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from ``state_dict()`` output; its tensors are taken over, not copied."""
+        found = state.get("format") if isinstance(state, dict) else None
+        if found != CHECKPOINT_FORMAT:
+            raise IngestError(f"activation checkpoint has format {found!r}, expected {CHECKPOINT_FORMAT}",
+                              "delete the checkpoint to start the pass afresh")
+        mine, theirs = self._identity(), state.get("identity")
+        if theirs != mine:
+            diff = sorted(k for k in mine if not isinstance(theirs, dict) or theirs.get(k) != mine[k])
+            raise IngestError(f"activation checkpoint belongs to another run (differs in: {', '.join(diff)})",
+                              "delete the checkpoint to start the pass afresh")
+        layers = state.get("layers")
+        with torch.inference_mode(False):
+            for layer, st in self._state.items():
+                if not isinstance(layers, dict) or not isinstance(layers.get(layer), dict):
+                    raise refuse_checkpoint(f"layer {layer}")
+                st.load(layers[layer], f"layer {layer}")
+        self.windows_done = int(state["windows_done"])
+
+    # --- results -------------------------------------------------------------------------
+    def layer_results(self, layer: int) -> LayerResults:
+        """Statistics and records of one layer for the windows processed so far."""
+        if layer not in self._state:
+            raise IngestError(f"layer {layer} was not part of this activation pass (layers {self.layers})")
+        self._settle()
+        st, cfg, d = self._state[layer], self.cfg, self.adapter.d_mlp
+        done, tokens = self.windows_done, self.window
+        n = done * tokens
+        # The current, incomplete group is merged into copies: the state is left as it was.
+        with torch.inference_mode():
+            rows = done % GROUP
+            mean, m2, positive, mx, mn, min_window_max = st.stats.totals(rows, tokens, (done - rows) * tokens)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = m2.cpu().numpy() / n
+            density = positive.cpu().numpy() / n
+        mx = mx.cpu().numpy().astype(np.float64)
+        edges = np.zeros((d, 0))
+        if cfg.n_quantiles and done:
+            _, sample, valid = st.boundary.results(done)
+            edges = boundaries(sample, valid, min_window_max.cpu().numpy().astype(np.float64), mx, cfg.n_quantiles)
+        stats = pd.DataFrame({
+            "index": np.arange(d, dtype=np.int64),
+            "max_act": mx,
+            "min_act": mn.cpu().numpy().astype(np.float64),
+            "mean_act": mean.cpu().numpy() if n else np.full(d, np.nan),
+            "var_act": var,
+            "density": density,
+            "n_tokens": np.full(d, n, dtype=np.int64),
+            "quantile_boundaries": edges.tolist() if edges.size else [[] for _ in range(d)],
+        })
+        frames = [records(st.top.results(), "top"), records(st.random.results(done), "random")]
+        if edges.size:
+            frames.extend(quantile_records(st.reservoir.results(done), edges[:, 1:-1], cfg))
+        return LayerResults(stats=stats, records=pd.concat(frames, ignore_index=True))

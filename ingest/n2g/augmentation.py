@@ -1,0 +1,89 @@
+"""Augmentation: replace important tokens with similar ones, keep the variants that still fire.
+
+The paper asks a masked language model (DistilBERT) for plausible replacements. Offline, with
+nothing to download, the replacements here are the token's nearest neighbours in the subject
+model's own input embedding (cosine similarity), special tokens excluded. Chosen over the
+subject model's next-token predictions because the neighbours of a token are the same in every
+context, so they are computed once per token for a whole layer, and because predictions would
+need the full forward pass up to the LM head for every pruned context, while the rest of N2G
+stops the forward at the neuron's layer (for layer 0 of a 30-layer model, ~30x more work).
+No measured comparison of the two was made.
+
+A variant replaces one important token (importance for the peak at least
+``importance_threshold``; the peak token itself included) of the pruned context up to the
+peak, and is kept when its activation at the peak is at least ``augment_keep`` times the
+pruned example's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ingest.n2g.config import N2GConfig
+from ingest.n2g.pruning import Pruned, Record
+from ingest.n2g.saliency import Salient
+
+
+class EmbeddingNeighbours:
+    """Each token's ``n`` nearest neighbours by cosine similarity of input embeddings (cached)."""
+
+    def __init__(self, embedding: torch.Tensor, n: int, exclude: Iterable[int] = ()):
+        e = embedding.detach().to(torch.float32).cpu()
+        self.unit = e / e.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.n = n
+        self.exclude = torch.tensor(sorted(set(exclude)), dtype=torch.int64)
+        self.cache: dict[int, tuple[int, ...]] = {}
+
+    def __call__(self, tokens: Iterable[int]) -> dict[int, tuple[int, ...]]:
+        tokens = {int(t) for t in tokens}
+        todo = sorted(tokens - set(self.cache))
+        for start in range(0, len(todo), 1024):
+            q = torch.tensor(todo[start:start + 1024], dtype=torch.int64)
+            sim = self.unit[q] @ self.unit.T
+            sim[torch.arange(len(q)), q] = -torch.inf
+            if len(self.exclude):
+                sim[:, self.exclude] = -torch.inf
+            top = sim.topk(self.n, dim=1).indices.tolist() if self.n else [[] for _ in q]
+            self.cache.update(zip(q.tolist(), (tuple(row) for row in top)))
+        return {t: self.cache[t] for t in tokens}
+
+
+@dataclass(frozen=True)
+class Variant:
+    position: int  # snippet position of the replaced token
+    token: int  # the replacement
+    activation: float  # at the peak, unscaled
+
+
+def augment(records: Sequence[Record], pruned: Sequence[Pruned], salient: Sequence[Salient], runner,
+            cfg: N2GConfig, neighbours: EmbeddingNeighbours) -> list[list[Variant]]:
+    if cfg.n_augment == 0:
+        return [[] for _ in records]
+    important = []
+    for r, q, sal in zip(records, pruned, salient):
+        imp = sal.importance[r.position]
+        important.append([q.start + j for j in np.flatnonzero(imp >= cfg.importance_threshold).tolist()])
+    near = neighbours(r.tokens[j] for r, js in zip(records, important) for j in js)
+
+    def variant(r: Record, q: Pruned, j: int, t: int) -> tuple[int, ...]:
+        ctx = r.tokens[q.start: r.position + 1]
+        k = j - q.start
+        return ctx[:k] + (t,) + ctx[k + 1:]
+
+    acts = runner.run(variant(r, q, j, t) for r, q, js in zip(records, pruned, important)
+                      for j in js for t in near[r.tokens[j]])
+    out = []
+    for r, q, sal, js in zip(records, pruned, salient, important):
+        base = float(sal.acts[r.position - q.start])
+        kept = []
+        for j in js:
+            for t in near[r.tokens[j]]:
+                a = float(acts[variant(r, q, j, t)][-1, r.neuron])
+                if base > 0 and a >= cfg.augment_keep * base:
+                    kept.append(Variant(j, t, a))
+        out.append(kept)
+    return out
