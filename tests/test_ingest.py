@@ -75,7 +75,8 @@ def test_every_neuron_gets_tokens_records_and_statistics(ingested):
         assert sum(r["kind"] == "random" for r in recs) == cfg.n_random
     snippet_ids = {row[0] for row in kb["Snippet"]}
     assert {r["dst"] for r in records} == snippet_ids
-    assert [s.stage for s in report.stages] == ["model", "lmhead", "activations", "describe"]
+    assert [s.stage for s in report.stages] == ["model", "lmhead", "activations", "describe", "embed", "tokens",
+                                                "similar"]
     # describe: one data-derived summary per neuron, labelled as such
     summaries = [row for row in kb["Explanation"] if row[0].endswith("/data/summary")]
     assert len(summaries) == len(neurons)
