@@ -18,11 +18,11 @@ written with it, and are refused with the command that recomputes them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,15 @@ def load(store, model: str, kind: str, *, check: bool = True) -> VectorSet:
     return VectorSet(model, kind, vectors, rows, meta)
 
 
+def _content_id(rows: pd.DataFrame, vectors: np.ndarray) -> str:
+    """A new generation's id: a hash of its keys and vectors, so equal builds (a re-run, another
+    batch size) record the same generation and different contents never share one."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update("\x00".join(rows["key"].astype(str)).encode())
+    h.update(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
 def save(store, model: str, kind: str, rows: pd.DataFrame, vectors: np.ndarray, *, fingerprint: str | None = None,
          info: dict[str, Any] | None = None) -> VectorSet:
     """Add or replace rows (by ``key``) of a model's vectors of ``kind`` and record them in the store.
@@ -166,14 +175,14 @@ def save(store, model: str, kind: str, rows: pd.DataFrame, vectors: np.ndarray, 
                             or old.vectors.shape[1] != vectors.shape[1]):
         old = None
     if old is None:
-        merged_rows, merged, generation = rows, vectors, uuid.uuid4().hex
+        merged_rows, merged, generation = rows, vectors, _content_id(rows, vectors)
     else:
         replaced = old.rows["key"].isin(set(rows["key"]))
         if replaced.any():
             keep = ~replaced.to_numpy()
             merged_rows = pd.concat([old.rows[keep], rows], ignore_index=True)
             merged = np.concatenate([old.vectors[keep], vectors])
-            generation = uuid.uuid4().hex
+            generation = _content_id(merged_rows, merged)
         else:
             merged_rows = pd.concat([old.rows, rows], ignore_index=True)
             merged = np.concatenate([old.vectors, vectors])
