@@ -279,32 +279,6 @@ def card_text(card: Card, *, color: bool = False, n2g_limit: int = 15) -> str:
 
 
 @cli.command()
-@click.option("--fires-on", "token", required=True, metavar="TOKEN",
-              help='The token the neuron fires on, exactly as decoded, leading space included (" all").')
-@click.option("--after", metavar="TOKEN", help="Only where the token right before it in the N2G graph is TOKEN.")
-@click.option("--model", help="Only this model's neurons.")
-@click.option("--layers", metavar="LIST", help="Only these layers, e.g. 0-5,12.")
-@click.option("--limit", default=20, show_default=True, help="Rows to print.")
-@store_option
-@format_option()
-def search(token: str, after: str | None, model: str | None, layers: str | None, limit: int,
-           store_url: str | None, fmt: str) -> None:
-    """Neurons whose Neuron-to-Graph graph fires on a token, optionally right after another.
-
-    \b
-    Example:
-      nkb search --fires-on " all" --after " not" --layers 0-9
-    """
-    from ingest.pipeline import parse_layers  # light: no model stack
-    from kb import n2g
-
-    layer_list = parse_layers(layers)
-    with open_store(_url(store_url), read_only=True) as store:
-        df = n2g.search(store, token, after=after, model=model, layers=layer_list, limit=limit)
-    _echo_rows(df, fmt)
-
-
-@cli.command()
 @click.argument("neuron", metavar="MODEL/LAYER/INDEX")
 @click.argument("text")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
@@ -374,26 +348,41 @@ def delete_model(model: str, yes: bool, store_url: str | None) -> None:
 @click.option("--promotes", "promotes", metavar="TOKEN", help="Instead: the neurons that most promote TOKEN (exact text, leading space included).")
 @click.option("--suppresses", "suppresses", metavar="TOKEN", help="Instead: the neurons that most suppress TOKEN.")
 @click.option("--reads", "reads", metavar="TOKEN", help="Instead: the neurons whose input weights read TOKEN most.")
-@click.option("--k", "k", type=int, default=20, show_default=True, help="Neurons to return.")
+@click.option("--fires-on", "fires_on", metavar="TOKEN",
+              help='Instead: neurons whose Neuron-to-Graph graph fires on TOKEN, exactly as decoded (" all").')
+@click.option("--after", metavar="TOKEN", help="With --fires-on: only where the token right before it in the graph is TOKEN.")
+@click.option("--k", "--limit", "k", type=int, default=20, show_default=True, help="Neurons to return.")
 @store_option
 @format_option()
 def search(text: str | None, model: str | None, layers: str | None, min_score: float | None, promotes: str | None,
-           suppresses: str | None, reads: str | None, k: int, store_url: str | None, fmt: str) -> None:
-    """Find neurons: by the meaning of their explanations, or by a token they promote, suppress or read.
+           suppresses: str | None, reads: str | None, fires_on: str | None, after: str | None, k: int,
+           store_url: str | None, fmt: str) -> None:
+    """Find neurons: by the meaning of their explanations, by a token they promote, suppress or
+    read, or by the tokens their N2G graph fires on.
 
     \b
     Examples:
       nkb search "dogs and other pets" --layers 20-29
       nkb search --promotes " dog" --k 10
+      nkb search --fires-on " all" --after " not" --layers 0-9
     """
     from kb import vectors
 
     by_token = {name: value for name, value in (("promotes", promotes), ("suppresses", suppresses), ("reads", reads))
                 if value is not None}
-    if len(by_token) + (text is not None) != 1:
-        raise click.UsageError("give TEXT, or one of --promotes / --suppresses / --reads TOKEN")
+    if len(by_token) + (text is not None) + (fires_on is not None) != 1:
+        raise click.UsageError("give TEXT, or one of --promotes / --suppresses / --reads / --fires-on TOKEN")
+    if after is not None and fires_on is None:
+        raise click.UsageError("--after goes with --fires-on")
     with open_store(_url(store_url), read_only=True) as store:
-        if by_token:
+        if fires_on is not None:
+            from ingest.pipeline import parse_layers  # light: no model stack
+            from kb import n2g
+
+            if min_score is not None:
+                raise click.UsageError("--min-score applies to text search")
+            df = n2g.search(store, fires_on, after=after, model=model, layers=parse_layers(layers), limit=k)
+        elif by_token:
             (relation, token), = by_token.items()
             if layers is not None or min_score is not None:
                 raise click.UsageError("--layers and --min-score apply to text search")

@@ -338,7 +338,7 @@ def test_nodes_and_relationships_come_back_as_property_dicts(fstore):
     fstore.upsert_rels("PROMOTES", pd.DataFrame({"src": ["m/0/0"], "dst": ["t/1"], "logit": [2.5], "rank": [0]}))
     row = fstore.cypher("MATCH (n:Neuron)-[r:PROMOTES]->(t:Token) RETURN n, r, t").iloc[0]
     assert row["n"] == {"id": "m/0/0", "layer": 0}
-    assert row["r"] == {"logit": 2.5, "rank": 0}
+    assert row["r"] == {"logit": 2.5, "rank": 0, "found": "neuron"}
     assert row["t"] == {"id": "t/1", "text": " dog"}
     empty = fstore.cypher("MATCH (n:Neuron {id: 'nope'}) RETURN n.id AS id, n.layer AS layer")
     assert list(empty.columns) == ["id", "layer"] and empty.empty

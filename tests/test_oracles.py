@@ -87,8 +87,9 @@ def read_kb(store) -> SimpleNamespace:
     rels = {}
     for rel, value in (("PROMOTES", "logit"), ("SUPPRESSES", "logit"), ("READS", "weight")):
         via = ", r.via AS via" if rel == "READS" else ""
-        rels[rel] = store.cypher(f"MATCH (n:Neuron)-[r:{rel}]->(t:Token) RETURN n.id AS src, t.id AS dst, "
-                                 f"r.{value} AS value, r.`rank` AS `rank`{via}")
+        # The per-neuron top-k (found = 'neuron'); the tokens stage's reverse edges have their own oracle.
+        rels[rel] = store.cypher(f"MATCH (n:Neuron)-[r:{rel}]->(t:Token) WHERE r.found = 'neuron' "
+                                 f"RETURN n.id AS src, t.id AS dst, r.{value} AS value, r.`rank` AS `rank`{via}")
     records = store.cypher("MATCH (n:Neuron)-[r:ACTIVATES_ON]->(s:Snippet) RETURN n.id AS src, s.id AS dst, "
                            "r.kind AS kind, r.`rank` AS `rank`, r.`max` AS mx, r.position AS position, "
                            "r.activations AS activations")

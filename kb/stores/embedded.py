@@ -294,14 +294,7 @@ class EmbeddedStore(Store):
     # -- opening ------------------------------------------------------------------------
     def _connect(self, *, read_only: bool) -> tuple[lb.Database, lb.Connection]:
         try:
-            # A writer checkpoints once, when it closes (see close()): LadybugDB's automatic
-            # checkpoints rewrite a relationship table's whole node group each time a COPY
-            # lands in a non-empty one, so a bulk ingest of many batches needed memory for
-            # the whole table at every checkpoint, and time growing with the square of the
-            # batches (30 layers of activation records: 1,110 s per-batch against 333 s
-            # with one checkpoint at the end, measured under load).
-            db = lb.Database(str(self.graph_path), read_only=read_only, buffer_pool_size=config.buffer_pool_bytes(),
-                             auto_checkpoint=read_only)
+            db = lb.Database(str(self.graph_path), read_only=read_only, buffer_pool_size=config.buffer_pool_bytes())
             return db, lb.Connection(db)
         except RuntimeError as e:
             line = _first_line(e)
@@ -681,13 +674,6 @@ class EmbeddedStore(Store):
 
     def close(self) -> None:
         if self._conn is not None:
-            if not self.read_only:
-                try:
-                    self._conn.execute("CHECKPOINT")
-                except RuntimeError:
-                    # The log keeps every committed write; the next read-write open replays it
-                    # and finishes the checkpoint (see _open).
-                    pass
             self._conn.close()
             self._conn = None
         if self._db is not None:
