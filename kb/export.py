@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from kb import schema
 from kb.cypher import quote as _q
 from kb.errors import NkbError
+from kb.stores.embedded import ARROW_TYPES  # the Arrow type of each schema type, as the embedded engine loads it
 
 EXPORT_FORMAT = "neuron-kb-export"
 FORMATS = ("parquet", "neo4j-admin")
@@ -48,16 +49,6 @@ _STORE_META = ("schema_version", "created_by")
 _ID_BATCH = 20_000  # nodes fetched per query
 _SOURCE_BATCH = 2_000  # source nodes whose relationships are fetched per query
 
-ARROW_TYPES: dict[str, pa.DataType] = {
-    schema.STRING: pa.string(),
-    schema.INT64: pa.int64(),
-    schema.DOUBLE: pa.float64(),
-    schema.BOOL: pa.bool_(),
-    schema.FLOAT_LIST: pa.list_(pa.float32()),
-    schema.DOUBLE_LIST: pa.list_(pa.float64()),
-    schema.INT64_LIST: pa.list_(pa.int64()),
-    schema.STRING_LIST: pa.list_(pa.string()),
-}
 NEO4J_TYPES: dict[str, str] = {
     schema.STRING: "string",
     schema.INT64: "long",
