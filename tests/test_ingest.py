@@ -147,7 +147,7 @@ def test_other_settings_are_refused_rather_than_mixed(ingested):
 
 @pytest.mark.slow
 def test_bundled_smollm2_end_to_end(tmp_path):
-    cfg = IngestConfig(model="smollm2-135m", layers=[0, 29], tokens=1024, batch_size=8)
+    cfg = IngestConfig(model="smollm2-135m", layers=[0, 29], tokens=1024, batch_size=8, top_k=10)
     with open_store(str(tmp_path / "kb"), create=True) as store:
         report = ingest(store, cfg)
         model = store.cypher("MATCH (m:Model) RETURN m.id AS id, m.n_layers AS n, m.d_mlp AS d, m.vocab_size AS v")
