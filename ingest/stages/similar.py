@@ -98,12 +98,15 @@ def knn_edges(loaded, k: int, layers: list[int]) -> pd.DataFrame:
     for start in range(0, len(queries_), 4096):
         q = queries_[start:start + 4096]
         scores, nn = index.search(np.ascontiguousarray(x[q]), kk)
-        # Drop each neuron itself (it may not come first when another vector is identical).
+        # Drop each neuron itself (it may not come first when another vector is identical),
+        # then keep the first k that are left in each row.
         keep = (nn != q[:, None]) & (nn >= 0)
-        for row in range(len(q)):
-            got = nn[row][keep[row]][:k]
-            out.append(pd.DataFrame({"src": ids[q[row]], "dst": ids[got], "score": scores[row][keep[row]][:k].astype(np.float64),
-                                     "rank": np.arange(len(got), dtype=np.int64)}))
+        seen = np.cumsum(keep, axis=1)  # kept neighbours up to and including each column
+        keep &= seen <= k
+        rows, cols = np.nonzero(keep)
+        rank = seen[rows, cols] - 1
+        out.append(pd.DataFrame({"src": ids[q[rows]], "dst": ids[nn[rows, cols]],
+                                 "score": scores[rows, cols].astype(np.float64), "rank": rank.astype(np.int64)}))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=["src", "dst", "score", "rank"])
 
 
