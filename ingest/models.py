@@ -9,6 +9,12 @@ device and dtype, its tokenizer, its ``Adapter``, and two stable ids the knowled
 
 Offline first: a bundled model or a local path never touches the network; a hub id is tried
 from the local cache first, and the hub is contacted only when it is reachable.
+
+A GGUF file is converted once: transformers parses the file three times (config, tokenizer,
+weights; 31 s for the bundled SmolLM2 on a quiet 2-core machine), so its first load saves the
+dequantized float32 model and tokenizer as a safetensors directory in the user cache, keyed by
+the file's path, size and modification time, and every load, the first included, reads that
+directory (0.7 s). Weights and config are the GGUF's, so the fingerprint is too.
 """
 
 from __future__ import annotations
@@ -187,6 +193,40 @@ def _load_pretrained(location: str, dtype: torch.dtype, **kwargs) -> tuple[PreTr
     return model, tokenizer
 
 
+def _converted(gguf: Path) -> Path:
+    """A safetensors directory (float32) holding what ``gguf`` holds, converted on first use."""
+    import shutil
+    import tempfile
+
+    from kb.config import user_cache_dir
+
+    st = gguf.stat()
+    key = hashlib.blake2b(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode(), digest_size=8).hexdigest()
+    root = user_cache_dir() / "models"
+    out = root / f"{gguf.stem}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    model, tokenizer = _load_pretrained(str(gguf.parent), torch.float32, gguf_file=gguf.name, local_files_only=True)
+    # The dequantized weights are plain tensors; what marks the model as GGUF-quantized would
+    # make save_pretrained refuse it.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=root))
+    try:
+        with _quiet_transformers():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        tmp.rename(out)  # atomic: a killed conversion leaves only a hidden temporary directory
+    except OSError:
+        if not (out / "config.json").is_file():  # not another process's conversion finishing first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def _first_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:200] or type(err).__name__
 
@@ -303,7 +343,14 @@ def load_model(spec: str, *, device: str = "cpu", dtype: str = "float32", name: 
         # constructor or the weight loader (RuntimeError for a size mismatch, the config errors).
         errors = (OSError, ValueError, struct.error) if "gguf_file" in args else (OSError, RuntimeError, *_config_errors())
         try:
+            gguf = "gguf_file" in args
+            if gguf:
+                location, args = str(_converted(Path(location) / args["gguf_file"])), {"local_files_only": True}
             model, tokenizer = _load_pretrained(location, torch_dtype, **args)
+            if gguf:
+                # save_pretrained names the class in the config; a GGUF load names none, and
+                # the fingerprint (which hashes the config) must stay the GGUF's.
+                model.config.architectures = None
         except errors as err:
             raise IngestError(f"cannot load model from {source}: {_first_line(err)}") from None
     _ensure_tied(model)

@@ -258,6 +258,11 @@ def scrub(text: str, url: str, *secrets: str) -> str:
     return text
 
 
+def user_cache_dir() -> Path:
+    """neuron-kb's directory in the user cache ($XDG_CACHE_HOME, else ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "neuron-kb"
+
+
 def server_artifact_dir(url: str, database: str | None) -> Path:
     """Where files beside a server's graph live (checkpoints, vector indexes): a local directory
     per server and database, under $NKB_ARTIFACT_DIR, else ``artifact_dir`` in the config file,
@@ -267,8 +272,7 @@ def server_artifact_dir(url: str, database: str | None) -> Path:
 
     root = os.environ.get(ARTIFACT_ENV) or load_config().get("artifact_dir")
     if not root:
-        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        root = Path(cache) / "neuron-kb" / "servers"
+        root = user_cache_dir() / "servers"
     parts = urlsplit(redact(url))
     where = f"{parts.scheme}://{parts.hostname}:{parts.port or ''}/{database or ''}"
     return Path(str(root)).expanduser() / hashlib.blake2b(where.encode(), digest_size=8).hexdigest()

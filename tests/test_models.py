@@ -213,3 +213,32 @@ def test_bundled_smollm2_loads_and_predicts():
     assert len(cat) == 1
     logits_of_cat = a.unembed() @ a.fold_final_norm(a.unembed()[cat])[0]
     assert int(logits_of_cat.argmax()) == cat[0]
+
+
+@pytest.mark.slow
+def test_a_gguf_is_converted_once_and_the_conversion_holds_the_gguf(tmp_path, monkeypatch):
+    import ingest.models as models
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    gguf = BUNDLED["smollm2-135m"].path()
+    lm = load_model("smollm2-135m")
+    converted = list((tmp_path / "neuron-kb" / "models").iterdir())
+    assert [p.name.startswith("SmolLM2-135M-Instruct.Q4_1-") for p in converted] == [True]
+    # What transformers reads from the GGUF itself, without the cache.
+    direct, tokenizer = models._load_pretrained(str(gguf.parent), torch.float32, gguf_file=gguf.name)
+    got = lm.model.state_dict()
+    for name, tensor in direct.state_dict().items():
+        assert torch.equal(got[name], tensor), name
+    assert models.fingerprint(direct) == lm.fingerprint
+    # The same config, less the marker of GGUF quantization (the weights are plain floats now).
+    assert {k: v for k, v in json.loads(models.config_json(direct)).items() if k != "quantization_config"} \
+        == json.loads(lm.config_json)
+    text = "def f(x):\n    return x  # ünïcode <|endoftext|>"
+    assert tokenizer(text).input_ids == lm.tokenizer(text).input_ids
+    # A second load reads the converted directory and never parses the GGUF.
+    real = models._load_pretrained
+    monkeypatch.setattr(models, "_load_pretrained", lambda location, dtype, **kw: (
+        pytest.fail("the GGUF was parsed again") if "gguf_file" in kw else real(location, dtype, **kw)))
+    again = load_model("smollm2-135m", dtype="bfloat16")
+    assert again.fingerprint == lm.fingerprint and again.model.dtype == torch.bfloat16
+    assert list((tmp_path / "neuron-kb" / "models").iterdir()) == converted
