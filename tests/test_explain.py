@@ -11,6 +11,7 @@ import types
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
@@ -72,6 +73,24 @@ def test_load_neurons_matches_frames(kb_path):
     expected = [texts[t] for t in prom[prom["src"] == "alpha/1/2"].sort_values("rank")["dst"]]
     assert n.promotes == expected
     assert n.firing_tokens() == _firing_counts(kb, "alpha/1/2")
+
+
+def test_load_neurons_reads_the_neurons_own_lists_and_peaks(fresh_kb):
+    path, kb = fresh_kb
+    texts = kb.token_text()
+    prom = kb.rels["PROMOTES"]
+    own = prom[prom["src"] == "alpha/1/2"]
+    other = next(t for t in texts if t not in set(own["dst"]))
+    with open_store(path) as store:
+        # A token stage edge: alpha/1/2 is the top neuron of some other token. It is not in the
+        # neuron's own list and must not enter it.
+        store.upsert_rels("PROMOTES", pd.DataFrame({"src": ["alpha/1/2"], "dst": [other], "logit": [9.0],
+                                                     "rank": [0], "found": ["token"]}))
+        [n] = load_neurons(store, ["alpha/1/2"])
+        [p] = load_neurons(store, ["alpha/1/2"], records=False, peaks=True)
+    assert n.promotes == [texts[t] for t in own.sort_values("rank")["dst"]]
+    assert p.records == [] and p.promotes == n.promotes
+    assert p.firing_tokens() == n.firing_tokens() == _firing_counts(kb, "alpha/1/2")
 
 
 def test_data_explainer_text(kb_path):

@@ -40,6 +40,7 @@ class NeuronData:
     reads: list[str] = field(default_factory=list)  # every input direction, by rank then via
     fires_on: list[tuple[str, float]] = field(default_factory=list)  # N2G, strongest first
     context: list[tuple[str, float]] = field(default_factory=list)
+    peaks: list[str] | None = None  # the token each top record peaks on, when loaded without records
 
     def of_kind(self, kind: str) -> list[Record]:
         return sorted((r for r in self.records if r.kind == kind), key=lambda r: r.rank)
@@ -54,6 +55,8 @@ class NeuronData:
 
     def firing_tokens(self) -> Counter:
         """How many top records peak on each token text."""
+        if self.peaks is not None:
+            return Counter(self.peaks)
         return Counter(r.tokens[int(np.argmax(r.activations))] for r in self.top if len(r.tokens))
 
 
@@ -63,9 +66,11 @@ _BY_LAYER = "n.model = $model AND n.layer = $layer"
 
 
 def load_neurons(store: Store, ids: list[str] | None = None, *, model: str | None = None, layer: int | None = None,
-                 records: bool = True, tokens: bool = True) -> list[NeuronData]:
+                 records: bool = True, peaks: bool = False, tokens: bool = True) -> list[NeuronData]:
     """The neurons ``ids`` (in that order), or every neuron of one ``model`` layer (by index),
-    with their top and random records and their LM-head and N2G tokens."""
+    with their top and random records and their LM-head and N2G tokens. ``peaks`` (with
+    ``records=False``) reads only the token each top record peaks on (``NeuronData.peaks``):
+    what a summary needs, without decoding every activation."""
     if ids is not None:
         where, params = _BY_IDS, {"ids": list(ids)}
     else:
@@ -81,11 +86,22 @@ def load_neurons(store: Store, ids: list[str] | None = None, *, model: str | Non
                           params)
         for row in df.itertuples(index=False):
             found[row.id].records.append(Record(list(row.tokens), decode_activations(row.acts), row.kind, int(row.rank)))
+    if peaks and not records and found:
+        df = store.cypher(f"MATCH (n:Neuron)-[r:ACTIVATES_ON]->(s:Snippet) WHERE {where} AND r.kind = 'top' "
+                          "RETURN n.id AS id, r.rank AS rank, r.position AS position, s.tokens AS tokens", params)
+        for n in found.values():
+            n.peaks = []
+        for row in df.sort_values(["id", "rank"]).itertuples(index=False):
+            if 0 <= row.position < len(row.tokens):
+                found[row.id].peaks.append(row.tokens[row.position])
     if tokens and found:
-        for rel, attr, value in (("PROMOTES", "promotes", "r.rank"), ("SUPPRESSES", "suppresses", "r.rank"),
-                                 ("READS", "reads", "r.rank"), ("FIRES_ON", "fires_on", "r.activation"),
-                                 ("CONTEXT", "context", "r.importance")):
-            df = store.cypher(f"MATCH (n:Neuron)-[r:{rel}]->(t:Token) WHERE {where} "
+        # The neuron's own top-k lists (found = 'neuron'), not the token stage's reverse edges,
+        # whose rank is the neuron's place among a token's neurons.
+        own = " AND r.found = 'neuron'"
+        for rel, attr, value, only in (("PROMOTES", "promotes", "r.rank", own), ("SUPPRESSES", "suppresses", "r.rank", own),
+                                       ("READS", "reads", "r.rank", own), ("FIRES_ON", "fires_on", "r.activation", ""),
+                                       ("CONTEXT", "context", "r.importance", "")):
+            df = store.cypher(f"MATCH (n:Neuron)-[r:{rel}]->(t:Token) WHERE {where}{only} "
                               f"RETURN n.id AS id, t.text AS text, {value} AS value", params)
             if df.empty:
                 continue

@@ -30,7 +30,7 @@ class DescribeStage(Stage):
         report = StageReport(self.name)
         ctx.reporter.begin(self.name, len(layers), "layer")
         for layer in layers:
-            neurons = load_neurons(ctx.store, model=ctx.model_id, layer=layer)
+            neurons = load_neurons(ctx.store, model=ctx.model_id, layer=layer, records=False, peaks=True)
             ids = write_explanations(ctx.store, neurons, DataExplainer(k).explain(neurons), "data", "summary")
             n2g = N2GExplainer(k).explain(neurons)
             n2g_ids = write_explanations(ctx.store, neurons, n2g, "data", "n2g")
@@ -40,8 +40,7 @@ class DescribeStage(Stage):
                 ctx.store, [(by_neuron[n.id], n.model, "n2g", ScoreResult("n2g", n.n2g_f1, "n2g")) for n in scored],
                 split="all")
             refresh_best(ctx.store, [n.id for n in neurons])
-            ctx.mark_done(self, layer)
-            report.layers_done.append(layer)
+            ctx.mark_done(self, layer, report)
             ctx.reporter.advance(1)
         ctx.reporter.end()
         return report
