@@ -173,6 +173,8 @@ class ActivationCollector:
         if first_window != self.windows_done:
             raise IngestError(f"windows must be processed in order: expected window {self.windows_done} next, "
                               f"got {first_window}")
+        if len(self._state) < len(self.layers):
+            raise IngestError("this pass released a layer's state (release): it cannot process more windows")
         batch = ids.shape[0]
         if batch == 0:
             return
@@ -294,6 +296,10 @@ class ActivationCollector:
         self.windows_done = int(state["windows_done"])
 
     # --- results -------------------------------------------------------------------------
+    def release(self, layer: int) -> None:
+        """Free ``layer``'s state once its results are taken; the pass cannot go on after this."""
+        self._state.pop(layer, None)
+
     def layer_results(self, layer: int) -> LayerResults:
         """Statistics and records of one layer for the windows processed so far."""
         if layer not in self._state:
