@@ -80,9 +80,10 @@ class _Needy(Stage):
     needs = ("activations",)
 
     def run(self, ctx, layers):
+        report = StageReport(self.name)
         for layer in layers:
-            ctx.mark_done(self, layer)
-        return StageReport(self.name, layers_done=list(layers))
+            ctx.mark_done(self, layer, report)
+        return report
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ together, before the model loads), ``check_model(cfg, lm)`` (against the loaded 
 neuron bounded by the windows there are).
 
 and implements ``run(ctx, layers)``, which computes and writes the given layers (those not
-yet done) and calls ``ctx.mark_done(self, layer)`` once a layer's writes are complete.
+yet done) and calls ``ctx.mark_done(self, layer, report)`` once a layer's writes are complete.
 Writes go through the store's idempotent upserts, so a stage killed between writing a layer
 and marking it done simply writes the same rows again on the next run.
 """
@@ -154,12 +154,14 @@ class Context:
         name = stage if isinstance(stage, str) else stage.name
         return self.store.get_meta(self.marker(name, layer)) is not None
 
-    def mark_done(self, stage: Stage, layer: int) -> None:
+    def mark_done(self, stage: Stage, layer: int, report: StageReport) -> None:
+        """Record in the store that ``stage`` wrote all of ``layer`` (and in ``report``)."""
         self.reporter.layer_written(stage.name, layer)
         settings = stage.output_settings(self.cfg)
         described = ", ".join(f"{k}={v}" for k, v in settings.items())
         self.store.set_meta(self.marker(stage.name, layer),
                             json.dumps({"settings": digest(settings), "described": described}))
+        report.layers_done.append(layer)
 
     def artifact_dir(self) -> Path:
         """This model's directory for files beside the graph (checkpoints, indexes)."""

@@ -27,6 +27,10 @@ class EmbedStage(Stage):
     settings = (
         Setting("embed_text_model", "all-MiniLM-L6-v2", "sentence-transformers model for explanation embeddings "
                 "(the bundled default works offline; a local folder or hub id otherwise).", type=str),
+        Setting("embed_explanations", "llm", "Explanations to embed for the 'explanation' similarity method: llm "
+                "(those an LLM wrote or an import brought) or all (also the describe stage's data-derived "
+                "summaries: about 30 min for SmolLM2 on 2 CPU cores).", type=str, choices=("llm", "all"),
+                output=False),
         Setting("embed_activation_tokens", 0, "Also store each neuron's activations on this many corpus tokens "
                 "(the 'activations' similarity method; 0 = off).", minimum=0, maximum=65536),
     )
@@ -57,14 +61,18 @@ class EmbedStage(Stage):
                 info = acts[1] if kind == "activations" else {}
                 vectors.save(ctx.store, ctx.model_id, kind, rows, x, fingerprint=fingerprint, info=info)
                 report.rows += len(rows)
-            ctx.mark_done(self, layer)
-            report.layers_done.append(layer)
+            ctx.mark_done(self, layer, report)
             ctx.reporter.advance(adapter.d_mlp)
         ctx.reporter.end()
-        explained = vectors.embed_explanations(ctx.store, ctx.model_id, ctx.cfg.settings["embed_text_model"])
+        summaries = ctx.cfg.settings["embed_explanations"] == "all"
+        ctx.reporter.begin("embed explanations", None, "text")
+        explained = vectors.embed_explanations(ctx.store, ctx.model_id, ctx.cfg.settings["embed_text_model"],
+                                               summaries=summaries)
+        ctx.reporter.end()
         if explained is None:
-            ctx.reporter.note("embed: no explanations to embed yet (the explanation method needs them: run the "
-                              "stage that writes explanations, then `nkb index --update`)")
+            ctx.reporter.note("embed: no explanations to embed yet (the explanation method needs them: `nkb explain`, "
+                              "then `nkb index --update`" + ("" if summaries else
+                                                            ", or --embed-explanations all for the data summaries") + ")")
         return report
 
 

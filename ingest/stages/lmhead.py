@@ -41,8 +41,7 @@ class LMHeadStage(Stage):
                 extra = ["via"] if rel == "READS" else []
                 edges["found"] = "neuron"  # the neuron's own top-k list (the tokens stage adds "token")
                 report.rows += ctx.store.upsert_rels(rel, edges[["src", "dst", value, "rank", "found", *extra]])
-            ctx.mark_done(self, layer)
-            report.layers_done.append(layer)
+            ctx.mark_done(self, layer, report)
             ctx.reporter.advance(d_mlp)
         ctx.reporter.end()
         release_unembedding(ctx.lm.adapter)  # the memory plan counts it for this stage only

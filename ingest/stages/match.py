@@ -28,7 +28,6 @@ class MatchStage(Stage):
             report.rows += len(result.edges)
             ctx.reporter.advance(1)
         for layer in layers:
-            ctx.mark_done(self, layer)
-            report.layers_done.append(layer)
+            ctx.mark_done(self, layer, report)
         ctx.reporter.end()
         return report

@@ -39,8 +39,7 @@ class ModelStage(Stage):
                 "idx": np.arange(a.d_mlp, dtype=np.int64), "kind": "mlp",
             }))
             report.rows += store.upsert_rels("HAS_NEURON", pd.DataFrame({"src": ctx.model_id, "dst": ids}))
-            ctx.mark_done(self, layer)
-            report.layers_done.append(layer)
+            ctx.mark_done(self, layer, report)
         return report
 
 

@@ -76,8 +76,7 @@ class N2GStage(Stage):
             # Before the done marker: a run killed in between redoes the layer and its similarities.
             if ctx.cfg.settings["n2g_similar"]:
                 report.rows += write_similar(ctx.store, ctx.model_id, ctx.cfg.settings["n2g_similar"])
-            ctx.mark_done(self, layer)
-            report.layers_done.append(layer)
+            ctx.mark_done(self, layer, report)
         return report
 
 

@@ -53,7 +53,6 @@ class ScoreStage(Stage):
                 done = score_neurons(ctx.store, ids, scorer, explainer=s["score_explainer"])
                 report.rows += done.written
                 ctx.reporter.advance(d_mlp)
-            ctx.mark_done(self, layer)
-            report.layers_done.append(layer)
+            ctx.mark_done(self, layer, report)
         ctx.reporter.end()
         return report

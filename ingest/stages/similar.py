@@ -67,8 +67,7 @@ class SimilarStage(Stage):
             report.rows += ctx.store.upsert_rels("CONNECTS_TO", connect_edges(ctx, every, ctx.cfg.settings["connect_k"]))
         ctx.reporter.advance(1)
         for layer in layers:
-            ctx.mark_done(self, layer)
-            report.layers_done.append(layer)
+            ctx.mark_done(self, layer, report)
         ctx.reporter.end()
         return report
 

@@ -61,8 +61,7 @@ class TokensStage(Stage):
                     edges["via"] = via
                 report.rows += ctx.store.upsert_rels(name, edges)
         for layer in layers:
-            ctx.mark_done(self, layer)
-            report.layers_done.append(layer)
+            ctx.mark_done(self, layer, report)
         ctx.reporter.end()
         return report
 
