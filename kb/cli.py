@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import click
@@ -477,11 +478,13 @@ def match(model: str, layers: str | None, adjacent: bool, to_model: str | None, 
               help="Index type for --rebuild: exact (flat), or approximate (hnsw, ivf); auto chooses by size.")
 @click.option("--update", is_flag=True, help="Embed explanations written since the embed stage ran.")
 @click.option("--text-model", default="all-MiniLM-L6-v2", show_default=True, help="Sentence embedding model for --update.")
+@click.option("--explanations", "which", type=click.Choice(("llm", "all")), default="llm", show_default=True,
+              help="For --update: llm explanations only, or all (also the data-derived summaries; slow on CPU).")
 @click.option("--drop", is_flag=True, help="Delete MODEL's vectors and indexes (then recompute with the embed stage).")
 @store_option
 @format_option()
-def index(model: str, rebuild: bool, index_type: str | None, update: bool, text_model: str, drop: bool,
-          store_url: str | None, fmt: str) -> None:
+def index(model: str, rebuild: bool, index_type: str | None, update: bool, text_model: str, which: str,
+          drop: bool, store_url: str | None, fmt: str) -> None:
     """Show, update, rebuild or drop MODEL's vectors and FAISS indexes (files beside the graph)."""
     from kb import vectors
 
@@ -498,7 +501,7 @@ def index(model: str, rebuild: bool, index_type: str | None, update: bool, text_
             gone = vectors.drop(store, model)
             click.echo(f"Dropped {model}'s vectors: {', '.join(gone) or 'none'}; recompute: nkb ingest {model} --stages embed")
             return
-        if update and vectors.embed_explanations(store, model, text_model) is None:
+        if update and vectors.embed_explanations(store, model, text_model, summaries=which == "all") is None:
             click.echo(f"{model} has no explanations to embed yet", err=True)
         if rebuild:
             for kind in vectors.KINDS:
@@ -567,30 +570,36 @@ class _FileBars:
 # install still runs every other command.
 
 class _Bars(Reporter):
-    """Progress bars on stderr for the pipeline's Reporter; tqdm turns them off when stderr
-    is not a terminal (disable=None)."""
+    """Progress for the pipeline's Reporter: tqdm bars on stderr when it is a terminal; else (a
+    log file, CI) one line on stdout as each step ends, so that a long run is never silent and
+    stderr keeps its one line for an error."""
 
     def __init__(self) -> None:
         self.bar = None
+        self.tty = sys.stderr.isatty()
 
     def begin(self, stage: str, total: int | None, unit: str) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, desc=stage, unit=unit, unit_scale=True, disable=None, file=sys.stderr,
+        self.bar = tqdm(total=total, desc=stage, unit=unit, unit_scale=True, disable=not self.tty, file=sys.stderr,
                         dynamic_ncols=True)
+        self.step, self.unit, self.done, self.started = stage, unit, 0, time.perf_counter()
 
     def advance(self, n: int) -> None:
         if self.bar is not None:
             self.bar.update(n)
+            self.done += n
 
     def end(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+            if not self.tty:
+                what = f"{self.done:,} {self.unit}s " if self.done else ""
+                click.echo(f"{self.step}: {what}in {time.perf_counter() - self.started:.1f} s")
 
     def note(self, message: str) -> None:
-        if sys.stderr.isatty():
-            click.echo(message, err=True)
+        click.echo(message, err=self.tty)
 
 
 def _setting_options(f):

@@ -55,20 +55,28 @@ def _neuron_info(store, ids: list[str]) -> pd.DataFrame:
 
 # -- explanations -----------------------------------------------------------------------------
 
-def embed_explanations(store, model: str, text_model: str = DEFAULT_MODEL, *, batch_size: int = 128) -> VectorSet | None:
+def embed_explanations(store, model: str, text_model: str = DEFAULT_MODEL, *, summaries: bool = False,
+                       batch_size: int = 128) -> VectorSet | None:
     """Embed the model's explanations not embedded yet (or whose text changed); None when it has none.
+
+    The describe stage's data-derived summaries (explainer ``data``) are embedded only with
+    ``summaries``: one per neuron, a hundred-odd word pieces each, they cost about 30 minutes
+    for SmolLM2's 46,080 neurons on 2 CPU cores, and their lists of subword tokens say little a
+    sentence embedding can use. Explanations written by an LLM or imported are always embedded.
 
     Rows are keyed by explanation id and a digest of the text, so a rewritten explanation is
     embedded again and its old vector dropped; unchanged ones are reused, not recomputed.
     """
     df = store.cypher("MATCH (n:Neuron)-[:EXPLAINED_BY]->(e:Explanation) WHERE n.model = $m "
-                      "RETURN e.id AS id, n.id AS neuron, n.layer AS layer, e.text AS text", {"m": model})
+                      "AND ($summaries OR e.explainer IS NULL OR e.explainer <> 'data') "
+                      "RETURN e.id AS id, n.id AS neuron, n.layer AS layer, e.text AS text",
+                      {"m": model, "summaries": summaries})
     df = df[df["text"].notna() & (df["text"].astype(str).str.strip() != "")]
     if df.empty:
         return None
     keys = df["id"] + "#" + [hashlib.blake2b(t.encode(), digest_size=6).hexdigest() for t in df["text"]]
     rows = pd.DataFrame({"key": keys, "neuron": df["neuron"], "layer": df["layer"].astype(np.int64)}).reset_index(drop=True)
-    info = {"text_model": text_model}
+    info = {"text_model": text_model, "summaries": summaries}
     try:
         old = load(store, model, "explanation")
         if old.meta.get("info") != info:
