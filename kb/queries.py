@@ -38,7 +38,7 @@ from typing import Any
 import pandas as pd
 
 from kb import cypher
-from kb.errors import NkbError, ParameterError, UnknownQuery
+from kb.errors import ParameterError, UnknownQuery
 from kb.stores.base import Store
 
 
