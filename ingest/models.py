@@ -13,8 +13,7 @@ from the local cache first, and the hub is contacted only when it is reachable.
 A GGUF file is converted once: transformers parses the file three times (config, tokenizer,
 weights; 31 s for the bundled SmolLM2 on a quiet 2-core machine), so its first load saves the
 dequantized float32 model and tokenizer as a safetensors directory in the user cache, keyed by
-the file's path, size and modification time, and every load, the first included, reads that
-directory (0.7 s). Weights and config are the GGUF's, so the fingerprint is too.
+the file's content, and every load, the first included, reads that directory (0.7 s). Weights and config are the GGUF's, so the fingerprint is too.
 """
 
 from __future__ import annotations
@@ -200,8 +199,15 @@ def _converted(gguf: Path) -> Path:
 
     from kb.config import user_cache_dir
 
-    st = gguf.stat()
-    key = hashlib.blake2b(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode(), digest_size=8).hexdigest()
+    # Keyed by content, not path, so every install of the same file shares one conversion: the
+    # size and the first and last MiB (the header, tensor index and the last tensors' data).
+    size = gguf.stat().st_size
+    h = hashlib.blake2b(str(size).encode(), digest_size=8)
+    with gguf.open("rb") as f:
+        h.update(f.read(2**20))
+        f.seek(max(0, size - 2**20))
+        h.update(f.read(2**20))
+    key = h.hexdigest()
     root = user_cache_dir() / "models"
     out = root / f"{gguf.stem}-{key}"
     if (out / "config.json").is_file():
