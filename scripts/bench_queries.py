@@ -276,34 +276,38 @@ def build(store: Store, synth: Synth, log: Callable[[str], None]) -> dict[str, f
     return timings
 
 
-def workload(width: int, seed: int = 1) -> dict[str, list[dict]]:
-    """Realistic parameters per named query: several values, cycled through the runs."""
-    rng = np.random.default_rng(seed)
-    neurons = [f"{MODEL}/{l}/{i}" for l, i in zip(rng.integers(0, LAYERS, 16), rng.integers(0, width, 16))]
-    tokens = [" dog", " cat", " the", " code", " rain", " w5000"]
+def query_params(model: str, tokens: list[str], neurons: list[str], filters: list[dict],
+                 chains: list[dict]) -> dict[str, list[dict]]:
+    """Parameters per named query (several values, cycled through the runs); every named query must have some."""
     every = {
         "models": [{}],
         "promotes_token": [{"token": t} for t in tokens],
-        "suppresses_token": [{"token": t, "model": MODEL} for t in tokens],
+        "suppresses_token": [{"token": t, "model": model} for t in tokens],
         "reads_token": [{"token": t, "limit": 10} for t in tokens],
         "fires_on_token": [{"token": t} for t in tokens] + [{"token": " dog", "context": " the"}],
-        "neurons_filter": [{"model": MODEL, "min_layer": lo, "max_layer": lo + 2, "max_density": 0.05, "min_score": 0.5}
-                           for lo in (0, 10, 20)],
+        "neurons_filter": filters,
         "explanations_containing": [{"phrase": w, "limit": 50} for w in ("dog", "Rain", "code")],
-        "neuron_card": [{"neuron": n} for n in neurons],
-        "neuron_promotes": [{"neuron": n} for n in neurons],
-        "neuron_suppresses": [{"neuron": n} for n in neurons],
-        "neuron_reads": [{"neuron": n} for n in neurons],
-        "neuron_explanations": [{"neuron": n} for n in neurons],
-        "top_records": [{"neuron": n} for n in neurons],
-        "similar_neurons": [{"neuron": n} for n in neurons],
-        "match_chain": [{"neuron": f"{MODEL}/{l}/{i}", "hops": 4} for l, i in zip(rng.integers(0, LAYERS - 4, 8),
-                                                                                  rng.integers(0, width, 8))],
+        **{name: [{"neuron": n} for n in neurons]
+           for name in ("neuron_card", "neuron_promotes", "neuron_suppresses", "neuron_reads", "neuron_explanations",
+                        "top_records", "similar_neurons", "n2g_graph")},
+        "match_chain": chains,
     }
     missing = {q.name for q in queries.all_queries()} - set(every)
     if missing:
         raise SystemExit(f"no workload for named quer{'y' if len(missing) == 1 else 'ies'}: {', '.join(sorted(missing))}")
     return every
+
+
+def workload(width: int, seed: int = 1) -> dict[str, list[dict]]:
+    """Realistic parameters per named query on the synthetic store."""
+    rng = np.random.default_rng(seed)
+    neurons = [f"{MODEL}/{l}/{i}" for l, i in zip(rng.integers(0, LAYERS, 16), rng.integers(0, width, 16))]
+    tokens = [" dog", " cat", " the", " code", " rain", " w5000"]
+    filters = [{"model": MODEL, "min_layer": lo, "max_layer": lo + 2, "max_density": 0.05, "min_score": 0.5}
+               for lo in (0, 10, 20)]
+    chains = [{"neuron": f"{MODEL}/{l}/{i}", "hops": 4} for l, i in zip(rng.integers(0, LAYERS - 4, 8),
+                                                                       rng.integers(0, width, 8))]
+    return query_params(MODEL, tokens, neurons, filters, chains)
 
 
 def timed(fn: Callable[[int], object], runs: int, warmup: int) -> tuple[list[float], object]:
@@ -339,29 +343,10 @@ def real_workload(store: Store, seed: int = 1) -> tuple[dict[str, list[dict]], l
     some = store.cypher("MATCH (t:Token) WHERE t.token_id IN $ids RETURN t.text AS text",
                         {"ids": [int(x) for x in rng.integers(100, 40_000, 3)]})["text"].tolist()
     tokens = list(dict.fromkeys([" dog", " the"] + popular + some))
-    hops = [{"neuron": n, "hops": 4} for n in neurons[:8]]
-    every = {
-        "models": [{}],
-        "promotes_token": [{"token": t} for t in tokens],
-        "suppresses_token": [{"token": t, "model": model} for t in tokens],
-        "reads_token": [{"token": t, "limit": 10} for t in tokens],
-        "fires_on_token": [{"token": t} for t in tokens] + [{"token": " dog", "context": " the"}],
-        "neurons_filter": [{"model": model, "min_layer": lo, "max_layer": lo + 2, "max_density": 0.05}
-                           for lo in range(0, max(1, layers - 2), max(1, layers // 3))],
-        "explanations_containing": [{"phrase": w, "limit": 50} for w in ("dog", "Rain", "code")],
-        "neuron_card": [{"neuron": n} for n in neurons],
-        "neuron_promotes": [{"neuron": n} for n in neurons],
-        "neuron_suppresses": [{"neuron": n} for n in neurons],
-        "neuron_reads": [{"neuron": n} for n in neurons],
-        "neuron_explanations": [{"neuron": n} for n in neurons],
-        "top_records": [{"neuron": n} for n in neurons],
-        "similar_neurons": [{"neuron": n} for n in neurons],
-        "match_chain": hops,
-    }
-    missing = {q.name for q in queries.all_queries()} - set(every)
-    if missing:
-        raise SystemExit(f"no workload for named quer{'y' if len(missing) == 1 else 'ies'}: {', '.join(sorted(missing))}")
-    return every, neurons
+    filters = [{"model": model, "min_layer": lo, "max_layer": lo + 2, "max_density": 0.05}
+               for lo in range(0, max(1, layers - 2), max(1, layers // 3))]
+    chains = [{"neuron": n, "hops": 4} for n in neurons[:8]]
+    return query_params(model, tokens, neurons, filters, chains), neurons
 
 
 def bench_real(url: str, args, log) -> dict:
