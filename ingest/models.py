@@ -13,7 +13,8 @@ from the local cache first, and the hub is contacted only when it is reachable.
 A GGUF file is converted once: transformers parses the file three times (config, tokenizer,
 weights; 31 s for the bundled SmolLM2 on a quiet 2-core machine), so its first load saves the
 dequantized float32 model and tokenizer as a safetensors directory in the user cache, keyed by
-the file's content, and every load, the first included, reads that directory (0.7 s). Weights and config are the GGUF's, so the fingerprint is too.
+the file's content, and every load, the first included, reads that directory (0.7 s). Weights
+and config are the GGUF's, so the fingerprint is too.
 """
 
 from __future__ import annotations
@@ -347,9 +348,9 @@ def load_model(spec: str, *, device: str = "cpu", dtype: str = "float32", name: 
         # bad magic or an architecture transformers cannot map); a directory fails with OSError.
         # A directory whose weights or tokenizer do not fit its config fails in the model's
         # constructor or the weight loader (RuntimeError for a size mismatch, the config errors).
-        errors = (OSError, ValueError, struct.error) if "gguf_file" in args else (OSError, RuntimeError, *_config_errors())
+        gguf = "gguf_file" in args
+        errors = (OSError, ValueError, struct.error) if gguf else (OSError, RuntimeError, *_config_errors())
         try:
-            gguf = "gguf_file" in args
             if gguf:
                 location, args = str(_converted(Path(location) / args["gguf_file"])), {"local_files_only": True}
             model, tokenizer = _load_pretrained(location, torch_dtype, **args)
