@@ -360,6 +360,8 @@ def test_debug_shows_the_exception(kb_path):
     ["query", "--name", "models", "--write"],
     ["query", "RETURN 1", "--format", "xml"],
     ["show", "alpha/0/0", "--format", "csv"],
+    ["index", "alpha", "--update", "--explanations", "some"],
+    ["ingest", "smollm2-135m", "--embed-explanations", "some"],
 ])
 def test_usage_errors_exit_2(kb_path, args):
     before = snapshot(kb_path)
