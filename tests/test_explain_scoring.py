@@ -32,8 +32,24 @@ def test_explanation_prompt_is_primed():
     assert "x\t0\ny\t10" in messages[-1]["content"]
 
 
+def test_prefilled_prompt_puts_the_primer_in_every_answer():
+    messages = prompts.explanation_messages([(["x", "y"], [0.0, 1.0])], prefill=True)
+    assert messages[-1]["role"] == "user" and messages[-1]["content"].endswith("behavior:")
+    assert prompts.PRIMER not in messages[-1]["content"]
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    assert answers and all(a.startswith(prompts.PRIMER + " ") for a in answers)
+
+
+def test_an_echo_of_the_question_is_not_an_explanation():
+    messages = prompts.explanation_messages([(["x", "y"], [0.0, 1.0])])
+    assert prompts.clean_explanation("The same activations, with the zeros left out:", messages) == ""
+    assert prompts.clean_explanation(" Activations.", messages) == ""
+    assert prompts.clean_explanation(" the letter y after x", messages) == "the letter y after x"
+
+
 @pytest.mark.parametrize("completion, expected", [
     (" years in dates.\nmore", "years in dates"),
+    (" years as four digits. The first digit is the year", "years as four digits"),
     ("the main thing this neuron does is find commas", "commas"),
     ('  "closing brackets"  ', "closing brackets"),
     ("", ""),

@@ -108,15 +108,18 @@ class LLMExplainer(Explainer):
 
     def explain(self, neurons: Sequence[NeuronData], progress: Progress = None) -> list[str | None]:
         todo = [i for i, n in enumerate(neurons) if explain_records(n, self.n_records)]
+        local = hasattr(self.backend, "generate")
         conversations = [prompts.explanation_messages(
-            [(r.tokens, r.activations.tolist()) for r in explain_records(neurons[i], self.n_records)]) for i in todo]
-        if hasattr(self.backend, "generate"):
-            texts = self.backend.generate(conversations, max_new_tokens=self.max_tokens, progress=progress)
+            [(r.tokens, r.activations.tolist()) for r in explain_records(neurons[i], self.n_records)], prefill=local)
+            for i in todo]
+        if local:
+            texts = self.backend.generate(conversations, max_new_tokens=self.max_tokens, progress=progress,
+                                          prefix=prompts.PRIMER)
         else:
             answers = self.backend.chat([{"messages": m, "max_tokens": self.max_tokens, "temperature": 0}
                                          for m in conversations], progress=progress)
             texts = [a["text"] for a in answers]
         out: list[str | None] = [None] * len(neurons)
-        for i, text in zip(todo, texts):
-            out[i] = prompts.clean_explanation(text) or None
+        for i, text, conversation in zip(todo, texts, conversations):
+            out[i] = prompts.clean_explanation(text, conversation) or None
         return out

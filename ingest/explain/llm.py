@@ -83,12 +83,14 @@ class LocalLM:
         return ids.to(self.device), mask.to(self.device)
 
     def generate(self, conversations: Sequence[Sequence[Message]], *, max_new_tokens: int = 48,
-                 progress: Callable[[int], None] | None = None) -> list[str]:
-        """Greedy completions of each conversation, ``batch_size`` at a time."""
+                 progress: Callable[[int], None] | None = None, prefix: str = "") -> list[str]:
+        """Greedy completions of each conversation, ``batch_size`` at a time. A ``prefix`` is
+        the start of the answer: it follows the assistant header, and the completion continues
+        it (the returned text leaves it out)."""
         import torch
 
         out: list[str] = []
-        prompts = [self.chat_ids(c) for c in conversations]
+        prompts = [self.chat_ids(c) + (self.encode(prefix) if prefix else []) for c in conversations]
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
             ids, mask = self._pad(chunk, left=True)  # left padding: every row continues at the same column

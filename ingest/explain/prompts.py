@@ -77,31 +77,45 @@ _EXPLAIN_EXAMPLES: list[tuple[list[tuple[list[str], list[float]]], str]] = [
 ]
 
 
-def _explain_user(n: int, records: Sequence[tuple[Sequence[str], Sequence[float]]]) -> str:
+def _explain_user(n: int, records: Sequence[tuple[Sequence[str], Sequence[float]]], *, primer: bool) -> str:
     top = max((max(acts, default=0.0) for _, acts in records), default=0.0)
     return (f"Neuron {n}\nActivations:\n{format_records(records, top)}\n"
             f"The same activations, with the zeros left out:\n{format_records(records, top, omit_zeros=True)}\n"
-            f"Explanation of neuron {n} behavior: {PRIMER}")
+            f"Explanation of neuron {n} behavior:" + (f" {PRIMER}" if primer else ""))
 
 
-def explanation_messages(records: Sequence[tuple[Sequence[str], Sequence[float]]]) -> list[Message]:
-    """The chat messages asking for one neuron's explanation; the answer completes ``PRIMER``."""
+def explanation_messages(records: Sequence[tuple[Sequence[str], Sequence[float]]], *,
+                         prefill: bool = False) -> list[Message]:
+    """The chat messages asking for one neuron's explanation; the answer completes ``PRIMER``.
+
+    A server's chat API cannot be told how the answer begins, so by default the primer ends the
+    last user message. With ``prefill`` (a local model, whose prompt we write to the last
+    token) every assistant turn begins with the primer and the caller appends it to the
+    prompt after the chat template's assistant header (``PRIMER`` is then the prefix to
+    continue): the model is mid-sentence, where only an explanation can follow, instead of
+    at the start of a turn, where a small model tends to repeat a line of the prompt."""
     messages: list[Message] = [{"role": "system", "content": EXPLAIN_SYSTEM}]
     for i, (example, answer) in enumerate(_EXPLAIN_EXAMPLES, start=1):
-        messages.append({"role": "user", "content": _explain_user(i, example)})
-        messages.append({"role": "assistant", "content": answer.strip()})
-    messages.append({"role": "user", "content": _explain_user(len(_EXPLAIN_EXAMPLES) + 1, records)})
+        messages.append({"role": "user", "content": _explain_user(i, example, primer=not prefill)})
+        messages.append({"role": "assistant", "content": f"{PRIMER}{answer}" if prefill else answer.strip()})
+    messages.append({"role": "user", "content": _explain_user(len(_EXPLAIN_EXAMPLES) + 1, records,
+                                                             primer=not prefill)})
     return messages
 
 
-def clean_explanation(completion: str) -> str:
-    """The explanation from a completion of ``PRIMER``: its first line, without a repeated
-    primer, surrounding quotes or a final full stop."""
+def clean_explanation(completion: str, prompt: Sequence[Message] = ()) -> str:
+    """The explanation from a completion of ``PRIMER``: its first sentence, without a repeated
+    primer, surrounding quotes or a final full stop. Empty when there is none, or when the
+    answer only repeats a line of the ``prompt``'s system or user turns (an echo of the
+    question, not an explanation)."""
     text = completion.strip().splitlines()[0].strip() if completion.strip() else ""
     if text.lower().startswith(PRIMER):
         text = text[len(PRIMER):].strip()
-    text = text.strip("\"'` ")
-    return text[:-1].rstrip() if text.endswith(".") else text
+    text = text.split(". ")[0].strip("\"'` ")
+    text = text[:-1].rstrip() if text.endswith(".") else text
+    echoed = {line.strip().lower().rstrip(".:") for m in prompt if m["role"] != "assistant"
+              for line in m["content"].splitlines()}
+    return "" if text.lower().rstrip(".:") in echoed else text
 
 
 # -- simulation -----------------------------------------------------------------------------
