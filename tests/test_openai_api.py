@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ingest.explain.explainers import LLMExplainer
+from ingest.explain import prompts
+from ingest.explain.explainers import LLMExplainer, explain_records
 from ingest.explain.llm import ApiClient, ApiSettings, api_settings
 from ingest.explain.neurons import NeuronData, Record
 from ingest.explain.scorers import ApiSimulator, ClassifierScorer, SimulationScorer
@@ -149,13 +150,21 @@ def test_explain_simulate_and_cache(llama_server, tmp_path):
     explainer = LLMExplainer(client, n_records=2, max_tokens=16)
     first = explainer.explain(_neurons())
     sent = client.requests_sent
-    assert sent == 2 and all(isinstance(t, str) for t in first)
+    assert sent == 2
     assert explainer.explain(_neurons()) == first and client.requests_sent == sent  # all from the cache
+    # Each explanation is the server's answer, cleaned: the cache holds the answers, so asking
+    # the same questions directly costs no request and shows what the server said. A 135M model
+    # often answers a chat request by repeating a line of the question; that is refused (None).
+    questions = [prompts.explanation_messages([(r.tokens, r.activations.tolist()) for r in explain_records(n, 2)])
+                 for n in _neurons()]
+    answers = client.chat([{"messages": m, "max_tokens": 16, "temperature": 0} for m in questions])
+    assert client.requests_sent == sent and all(a["text"].strip() for a in answers)
+    assert first == [prompts.clean_explanation(a["text"], m) or None for a, m in zip(answers, questions)]
     sim = ApiSimulator(client)
     scores = SimulationScorer(sim, n_top=1, n_random=1).score([(n, "years") for n in _neurons()])
-    assert sim.mode in ("logprobs", "json")
+    assert sim.mode == "logprobs"  # llama.cpp's /v1/completions returns top logprobs
     for s in scores:
-        assert s is None or (-1.0 <= s.value <= 1.0 and s.records == "top:1;random:0")
+        assert s is not None and -1.0 <= s.value <= 1.0 and s.records == "top:1;random:0" and s.n == 2
     detection = ClassifierScorer(client, fuzz=False, n_top=1, n_random=1).score([(_neurons()[0], "years")])[0]
     assert detection.method == "detection" and 0.0 <= detection.value <= 1.0 and detection.n == 2
     client.close()
