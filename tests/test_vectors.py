@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 
@@ -119,6 +120,32 @@ def test_incremental_update_persistence_and_mismatch(embedded_store):
     assert vectors.drop(store, "m") == ["weights_out"]
     with pytest.raises(VectorsMissing):
         vectors.load(store, "m", "weights_out")
+
+
+def test_loaded_vectors_and_indexes_are_reused_until_their_files_change(embedded_store):
+    store = embedded_store
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(30, 8))
+    vectors.save(store, "c", "weights_out", _rows("c", 0, 30), a)
+    first, again = vectors.load(store, "c", "weights_out"), vectors.load(store, "c", "weights_out")
+    assert again is first and not first.vectors.flags.writeable  # shared, so nobody may change it
+    assert list(first.rows_of("c/0/7")) == [7] and len(first.rows_of("c/9/9")) == 0
+    index = vectors.open_index(store, "c", "weights_out").index
+    assert vectors.open_index(store, "c", "weights_out").index is index
+    # Another writer replaces the files (here: the same process, through the files only).
+    folder = vectors.files.vectors_dir(store, "c")
+    import faiss
+
+    other = faiss.IndexFlatIP(8)
+    other.add(np.ascontiguousarray(unit(a), dtype=np.float32))
+    faiss.write_index(other, str(folder / "weights_out.faiss.tmp"))
+    os.replace(folder / "weights_out.faiss.tmp", folder / "weights_out.faiss")
+    reread = vectors.open_index(store, "c", "weights_out")
+    assert reread.index is not index and reread.action == "loaded"
+    vectors.save(store, "c", "weights_out", _rows("c", 1, 30), rng.normal(size=(30, 8)))
+    grown = vectors.load(store, "c", "weights_out")
+    assert grown is not first and len(grown) == 60 and len(first) == 30
+    assert vectors.open_index(store, "c", "weights_out").index.ntotal == 60
 
 
 # -- Hungarian --------------------------------------------------------------------------------

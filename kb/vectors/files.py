@@ -18,6 +18,7 @@ written with it, and are refused with the command that recomputes them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -80,6 +81,27 @@ class VectorSet:
     def generation(self) -> str:
         return self.meta["generation"]
 
+    @functools.cached_property
+    def layers(self) -> np.ndarray:
+        """Each row's layer, as a numpy array (kept: a loaded set is shared and never changed)."""
+        return self.rows["layer"].to_numpy(dtype=np.int64)
+
+    @functools.cached_property
+    def neurons(self) -> np.ndarray:
+        """Each row's neuron id, as a numpy array."""
+        return self.rows["neuron"].to_numpy(dtype=object)
+
+    def rows_of(self, neuron: str) -> np.ndarray:
+        """The rows of one neuron (several for explanations), by a lookup built once."""
+        return self._rows_by_neuron.get(neuron, np.zeros(0, dtype=np.int64))
+
+    @functools.cached_property
+    def _rows_by_neuron(self) -> dict[str, np.ndarray]:
+        codes, uniques = pd.factorize(self.neurons)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+        return {u: order[bounds[i]:bounds[i + 1]] for i, u in enumerate(uniques)}
+
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -100,6 +122,44 @@ def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+class _FileCache:
+    """Objects read from files, kept in this process while the files are unchanged (same inode,
+    modification time and size: every write here replaces a file atomically), so repeated
+    searches in one process read and parse nothing. Least recently used entries go first past
+    ``budget`` bytes."""
+
+    def __init__(self, budget: int):
+        self.budget, self.entries = budget, {}
+
+    @staticmethod
+    def signature(paths) -> tuple | None:
+        try:
+            return tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in (Path(p).stat() for p in paths))
+        except FileNotFoundError:
+            return None
+
+    def get(self, key, paths, extra=None):
+        hit = self.entries.pop(key, None)
+        if hit is None or hit[0] != (self.signature(paths), extra):
+            return None
+        self.entries[key] = hit  # most recently used last
+        return hit[1]
+
+    def put(self, key, paths, value, nbytes: int, extra=None) -> None:
+        sig = self.signature(paths)
+        if sig is None or nbytes > self.budget:
+            return
+        self.entries[key] = ((sig, extra), value, nbytes)
+        while sum(e[2] for e in self.entries.values()) > self.budget:
+            self.entries.pop(next(iter(self.entries)))
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+_cache = _FileCache(budget=1 << 30)
 
 
 def _hint_embed(model: str, kind: str) -> str:
@@ -130,14 +190,21 @@ def load(store, model: str, kind: str, *, check: bool = True) -> VectorSet:
             raise VectorsMismatch(f"the {kind} vectors in {p['meta'].parent} do not match the knowledge base "
                                   f"(files: {found}; the store records {expected})",
                                   f"recompute them: nkb index {model} --drop, then {_hint_embed(model, kind)}")
+    files = (p["vectors"], p["rows"], p["meta"])
+    cached = _cache.get(("vectors", str(p["vectors"])), files)
+    if cached is not None:
+        return cached
     vectors = np.load(p["vectors"])
+    vectors.flags.writeable = False  # shared by every caller in this process
     with np.load(p["rows"], allow_pickle=False) as z:
         rows = pd.DataFrame({"key": z["key"].astype(str), "neuron": z["neuron"].astype(str), "layer": z["layer"]})
     if vectors.shape != (meta["n"], meta["dim"]) or len(rows) != meta["n"]:
         raise VectorsMismatch(f"the {kind} vectors in {p['meta'].parent} are damaged (shape {vectors.shape}, "
                               f"{len(rows)} rows, expected {meta['n']} x {meta['dim']})",
                               f"recompute them: nkb index {model} --drop, then {_hint_embed(model, kind)}")
-    return VectorSet(model, kind, vectors, rows, meta)
+    vset = VectorSet(model, kind, vectors, rows, meta)
+    _cache.put(("vectors", str(p["vectors"])), files, vset, vectors.nbytes + 200 * len(rows))
+    return vset
 
 
 def _content_id(rows: pd.DataFrame, vectors: np.ndarray) -> str:
@@ -267,7 +334,12 @@ def search_params(index, ids: np.ndarray | None):
 
     if ids is None:
         return None
-    sel = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+    # A bitmap over the index's rows: one bit test per candidate (IDSelectorBatch hashes each).
+    bits = np.zeros(index.ntotal, dtype=bool)
+    bits[ids] = True
+    packed = np.packbits(bits, bitorder="little")
+    sel = faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed))
+    sel.referenced = packed  # the selector keeps a raw pointer: keep the bytes alive with it
     kind = index_type_of(index)
     if kind == "ivf":
         return faiss.SearchParametersIVF(sel=sel, nprobe=index.nprobe)
@@ -300,6 +372,10 @@ def open_index(store, model: str, kind: str, *, index_type: str | None = None, r
 
     vset = load(store, model, kind)
     p = _paths(vectors_dir(store, model), kind)
+    files = (p["index"], p["index_meta"])
+    want = (vset.generation, len(vset), index_type or "auto")
+    if not rebuild and (cached := _cache.get(("index", str(p["index"])), files, want)) is not None:
+        return LoadedIndex(vset, cached, "loaded")
     index, action = None, "built"
     if p["index"].is_file() and p["index_meta"].is_file() and not rebuild:
         imeta = json.loads(p["index_meta"].read_text())
@@ -329,6 +405,8 @@ def open_index(store, model: str, kind: str, *, index_type: str | None = None, r
         _atomic_write(p["index_meta"], lambda t: t.write_text(json.dumps(
             {"generation": vset.generation, "n": int(index.ntotal), "type": index_type_of(index),
              "requested": requested})))
+    if save_file or action == "loaded":  # cached only as the file on disk holds it
+        _cache.put(("index", str(p["index"])), files, index, 4 * index.d * index.ntotal, want)
     return LoadedIndex(vset, index, action)
 
 
