@@ -26,6 +26,7 @@ from ingest.stages import REGISTRY, Context, Stage, StageReport, all_settings, d
 from kb import config
 from kb.errors import IngestError
 from kb.stores.base import Store, model_meta_prefix
+from kb.vectors.files import release_vector_cache
 
 
 class Reporter:
@@ -265,6 +266,7 @@ class Pipeline:
             # are not per layer, and a later stage may be run for a layer it never saw.
             todo = [layer for layer in self.layers if stage.name == "model" or not ctx.done(stage, layer)]
             sub = stage.run(ctx, todo) if todo else StageReport(stage.name)
+            release_vector_cache()  # what a stage read stays in memory no longer than the stage
             sub.layers_skipped = [layer for layer in self.layers if layer not in todo]
             sub.seconds = time.perf_counter() - t0
             report.stages.append(sub)

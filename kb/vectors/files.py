@@ -162,6 +162,11 @@ class _FileCache:
 _cache = _FileCache(budget=1 << 30)
 
 
+def release_vector_cache() -> None:
+    """Forget every vector set and index read so far (a long job frees their memory)."""
+    _cache.clear()
+
+
 def _hint_embed(model: str, kind: str) -> str:
     if kind == "explanation":
         return (f"write explanations first (the stage that explains neurons), then embed them: nkb index {model} --update"
