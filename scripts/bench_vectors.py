@@ -100,9 +100,8 @@ def main() -> None:
     from kb.vectors.text import embed_texts
 
     res: dict = {"machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version()},
-                 "note": "quiet machine (load average under 1.5 at the start)" if os.getloadavg()[0] < 1.5 else
-                         "machine busy with other jobs (load average above): absolute times are inflated; compare the "
-                         "ratios measured in the same run"}
+                 "note": "load average at the start above (a trailing average: it still counts a job that just "
+                         "ended); absolute times vary with the machine, compare the ratios measured in the same run"}
     def save() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=2) + "\n")

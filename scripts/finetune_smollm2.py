@@ -71,13 +71,16 @@ def main() -> None:
     opt = torch.optim.AdamW(tuned.parameters(), lr=args.lr)
     t0 = time.perf_counter()
     losses = []
-    for _ in range(args.steps):
+    for step in range(args.steps):
         batch = torch.as_tensor(windows.token_ids[rng.integers(0, windows.n_windows, args.batch)])
         loss = tuned(input_ids=batch, labels=batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
+        if (step + 1) % 25 == 0 or step + 1 == args.steps:
+            print(f"step {step + 1}/{args.steps}: loss {np.mean(losses[-25:]):.3f}, {time.perf_counter() - t0:.0f} s",
+                  flush=True)
     train_s = time.perf_counter() - t0
     tuned.eval()
     Path(args.out).mkdir(parents=True, exist_ok=True)
