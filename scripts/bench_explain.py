@@ -11,6 +11,7 @@ It needs a KB with the model's records and LM-head tokens: ``--kb`` names one, e
 one is ingested into a temporary directory (``--tokens`` corpus tokens, default 4096).
 
     python scripts/bench_explain.py --n 8 --out bench-results/explain.json
+    python scripts/bench_explain.py --kb demo-kb --tokens 65536 --n 8   # on the demo's KB
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kb", help="an ingested KB of smollm2-135m (default: ingest a small one)")
-    ap.add_argument("--tokens", type=int, default=4096, help="corpus tokens when ingesting (default 4096)")
+    ap.add_argument("--tokens", type=int, default=4096,
+                    help="corpus tokens of the ingest (default 4096); with --kb, the KB's own (the demo's: 65536)")
     ap.add_argument("--n", type=int, default=8, help="neurons to explain and score (default 8)")
     ap.add_argument("--layer", type=int, default=15, help="layer the N neurons are taken from")
     ap.add_argument("--batch-size", type=int, default=8)
