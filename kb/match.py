@@ -152,8 +152,8 @@ def _neuron_vectors(vset, layer: int) -> tuple[np.ndarray, np.ndarray]:
     """(neuron ids, unit vectors) of one layer; a neuron with several explanation rows gets their mean."""
     from kb.vectors import normalise
 
-    mask = (vset.rows["layer"] == layer).to_numpy()
-    ids = vset.rows["neuron"].to_numpy()[mask]
+    mask = vset.layers == layer
+    ids = vset.neurons[mask]
     x = vset.vectors[mask]
     if len(np.unique(ids)) == len(ids):
         return ids, x

@@ -97,10 +97,7 @@ class VectorSet:
 
     @functools.cached_property
     def _rows_by_neuron(self) -> dict[str, np.ndarray]:
-        codes, uniques = pd.factorize(self.neurons)
-        order = np.argsort(codes, kind="stable")
-        bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
-        return {u: order[bounds[i]:bounds[i + 1]] for i, u in enumerate(uniques)}
+        return self.rows.groupby("neuron", sort=False).indices
 
     def __len__(self) -> int:
         return len(self.rows)
