@@ -302,6 +302,39 @@ def test_embedded_many_node_batches_fit_a_small_buffer_pool(tmp_path, monkeypatc
     assert got["mx"][3] == 1.5 and got["mx"].isna().sum() == 29
 
 
+def test_embedded_second_model_edges_fit_a_small_buffer_pool(tmp_path, monkeypatch):
+    """A COPY into a relationship table the handle has just read keeps pool memory until the
+    database closes (LadybugDB 0.22): a second model's per-layer token edges, written into a
+    table that the first model's fill, must not add up."""
+    monkeypatch.setenv("NKB_BUFFER_POOL_MB", "128")
+    url, layers, width, k = str(tmp_path / "kb"), 8, 1536, 10
+    rng = np.random.default_rng(0)
+    tokens = [f"tok/{t}" for t in range(8000)]
+
+    def edges(model: str, layer: int) -> pd.DataFrame:
+        src = np.repeat([f"{model}/{layer}/{i}" for i in range(width)], k)
+        dst = [tokens[t] for t in rng.choice(len(tokens), size=(width, k), replace=True).ravel()]
+        return pd.DataFrame({"src": src, "dst": dst, "logit": 1.0, "rank": np.tile(np.arange(k), width),
+                             "found": "neuron"}).drop_duplicates(["src", "dst"])
+
+    with open_store(url, create=True) as s:
+        s.upsert_nodes("Token", pd.DataFrame({"id": tokens}))
+        for model in ("a", "b"):
+            s.upsert_nodes("Neuron", pd.DataFrame({"id": [f"{model}/{layer}/{i}" for layer in range(layers)
+                                                          for i in range(width)],
+                                                   "model": model, "layer": np.repeat(np.arange(layers), width)}))
+        for layer in range(layers):
+            s.upsert_rels("PROMOTES", edges("a", layer))
+    written = {}
+    with open_store(url) as s:  # a new handle: it does not know which neurons have edges
+        for layer in range(layers):
+            frame = edges("b", layer)
+            written[layer] = len(frame)
+            s.upsert_rels("PROMOTES", frame)
+        got = s.cypher("MATCH (n:Neuron {model: 'b'})-[:PROMOTES]->() RETURN n.layer AS layer, count(*) AS n")
+    assert dict(zip(got["layer"], got["n"])) == written
+
+
 def test_embedded_pool_full_during_a_write_rolls_it_back(tmp_path, monkeypatch):
     monkeypatch.setenv("NKB_BUFFER_POOL_MB", "40")
     url = str(tmp_path / "kb")
