@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest.memory import peak_resident_bytes
 from ingest.stages import REGISTRY, Context, Stage, StageReport, all_settings, default_stages, defaults, digest, resolve
 from kb import config
 from kb.errors import IngestError
@@ -269,6 +270,7 @@ class Pipeline:
             release_vector_cache()  # what a stage read stays in memory no longer than the stage
             sub.layers_skipped = [layer for layer in self.layers if layer not in todo]
             sub.seconds = time.perf_counter() - t0
+            sub.peak_rss = peak_resident_bytes()  # a high-water mark: the stage that raises it set it
             report.stages.append(sub)
             if stage.name == "model":
                 store.set_meta(f"{model_meta_prefix(self.model_id)}config", json.dumps(self.cfg.as_dict()))

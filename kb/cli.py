@@ -645,8 +645,9 @@ def ingest(model: str, store_url: str | None, layers: str | None, stages: str, n
         report = pipeline.run(store)
     for stage in report.stages:
         skipped = f", {len(stage.layers_skipped)} already done" if stage.layers_skipped else ""
+        peak = f"  peak RSS {stage.peak_rss / 2**30:5.2f} GB" if stage.peak_rss else ""
         click.echo(f"{stage.stage:12s} {len(stage.layers_done):3d} layers{skipped}  {stage.rows:>10,d} rows  "
-                   f"{stage.seconds:7.1f} s")
+                   f"{stage.seconds:7.1f} s{peak}")
     click.echo(f"Ingested {report.model} into {report.store} in {report.seconds:.0f} s")
 
 

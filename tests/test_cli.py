@@ -446,3 +446,18 @@ def test_flow_on_every_engine(store_url):
     one_error_line(invoke(store_url, "query", "CREATE (:Model {id: 'gamma'})"))
     one_error_line(invoke(store_url, "query", "--name", "promotes_token"))
     assert snapshot(store_url) == expected
+
+
+def test_ingest_prints_each_stage_with_the_peak_memory_so_far(tmp_path):
+    from ingest.memory import resident_bytes
+    from tinymodels import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny", "llama", seed=1)
+    held = resident_bytes()  # the peak can only be higher
+    result = invoke(str(tmp_path / "kb"), "ingest", str(model), "--name", "tiny", "--stages", "lmhead",
+                    "--lmhead-k", "2")
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines() if "peak RSS" in line}
+    assert list(lines) == ["model", "lmhead"], result.output
+    peaks = [float(line.split("peak RSS")[1].split()[0]) * 2**30 for line in lines.values()]
+    assert held - 0.006 * 2**30 <= peaks[0] <= peaks[1], (held, peaks)  # printed to 0.01 GB

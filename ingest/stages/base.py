@@ -101,6 +101,7 @@ class StageReport:
     layers_skipped: list[int] = field(default_factory=list)
     rows: int = 0
     seconds: float = 0.0
+    peak_rss: int = 0  # the process's peak resident bytes when the stage ended (0: unknown)
 
 
 class Stage:
