@@ -11,9 +11,9 @@ The estimate adds what the process holds at its peak:
 
   * **lmhead**: the float32 unembedding, one layer's folded weights, and per chunk of
     neurons the stacked output / input rows and their logits against the whole vocabulary,
-    plus one layer's edge frames. The chunk follows from the budget (at most
-    ``LMHEAD_MAX_CHUNK`` neurons, at least one), so a [d_mlp, vocab] logit matrix never
-    exists whole;
+    plus the edge frames held until they are written (``LMHEAD_WRITE_ROWS``). The chunk
+    follows from the budget (at most ``LMHEAD_MAX_CHUNK`` neurons, at least one), so a
+    [d_mlp, vocab] logit matrix never exists whole;
   * **activations**: ``buffer_bytes`` per layer of one pass, the forward pass's own
     transient tensors and the hook's scratch for one batch, and one layer's record frames as
     the stage builds, encodes and writes them (or, at set-up, the sample planner's scratch).
@@ -39,6 +39,10 @@ from kb.errors import IngestError
 MiB = 2**20
 RUNTIME_BYTES = 600 * MiB
 LMHEAD_MAX_CHUNK = 512  # neurons per LM-head product: larger chunks are no faster on CPU
+# Token edges the lmhead stage holds before it writes them (each write after the first into a
+# relationship table rewrites what that table holds for the tokens it touches, so few large
+# writes beat one per layer); about 400 bytes each in the frames, see lmhead_parts.
+LMHEAD_WRITE_ROWS = 1_000_000
 DEFAULT_SHARE = 0.8  # of MemAvailable, when --max-memory is not given
 
 _UNITS = {"": None, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -193,12 +197,15 @@ class MemoryPlan:
 def lmhead_parts(shape: Shape, chunk: int, k: int) -> dict[str, int]:
     """The lmhead stage's working set (bytes) when it decodes ``chunk`` neurons at a time."""
     rows = 1 + shape.n_inputs  # the output row and each input row of a neuron share one product
+    layer_rows = (1 + rows) * shape.d_mlp * k  # promoted, suppressed, and read through each input
     return {
         "unembedding": 4 * shape.vocab * shape.d_model,
         # w_out, its folded copy, and the input matrices, float32
         "layer weights": 4 * (2 + shape.n_inputs) * shape.d_mlp * shape.d_model,
         "logits": chunk * lmhead_chunk_bytes(shape),
-        "frames": (1 + rows) * shape.d_mlp * k * 400,  # id strings dominate; pandas and the store copy them
+        # Edges held until LMHEAD_WRITE_ROWS are pending, plus the layer that crosses it; id
+        # strings dominate, and pandas and the store copy them.
+        "frames": (min(LMHEAD_WRITE_ROWS, shape.n_layers * layer_rows) + layer_rows) * 400,
     }
 
 

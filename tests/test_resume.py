@@ -75,18 +75,21 @@ def count(store: Path, rel: str) -> int:
 
 
 @pytest.mark.parametrize("stage, event, nth", [
-    ("lmhead", "advance", 1),  # during lmhead: layer 0 written and marked, layer 1 not begun
+    ("lmhead", "advance", 2),  # during lmhead: both layers decoded, nothing written yet (layers are written together)
+    ("lmhead", "written 1", 1),  # every layer's edges written, layer 0 marked done, layer 1 not
     ("activations", "advance", 3),  # during the activation pass: after batch 3 of 5 (checkpointed after every batch)
     ("activations", "written 0", 1),  # layer 0's records written, its done marker not
-], ids=["during-lmhead", "during-activation-pass", "records-written-not-marked"])
+], ids=["during-lmhead", "lmhead-written-not-all-marked", "during-activation-pass", "records-written-not-marked"])
 def test_killed_ingest_resumes_to_the_same_kb(tiny_run, tmp_path, stage, event, nth):
     store = tmp_path / "killed"
     cfg = tiny_run.config()
     kill_at(store, cfg, stage, event, nth)
 
     checkpoint = store / "artifacts" / "tiny" / "activations.pt"
-    if stage == "lmhead":
-        assert markers(store, "lmhead") == [0] and count(store, "ACTIVATES_ON") == 0
+    if stage == "lmhead" and event == "advance":
+        assert markers(store, "lmhead") == [] and count(store, "PROMOTES") == 0
+    elif stage == "lmhead":
+        assert markers(store, "lmhead") == [0] and count(store, "READS") == count(store, "SUPPRESSES") * 2 > 0
     elif event == "advance":
         assert markers(store, "lmhead") == [0, 1] and markers(store, "activations") == []
         assert checkpoint.exists() and count(store, "ACTIVATES_ON") == 0

@@ -25,27 +25,43 @@ class LMHeadStage(Stage):
 
     def run(self, ctx: Context, layers: list[int]) -> StageReport:
         from ingest.lmhead import decode_layer, release_unembedding
-        from ingest.memory import LMHEAD_MAX_CHUNK
+        from ingest.memory import LMHEAD_MAX_CHUNK, LMHEAD_WRITE_ROWS
 
         report = StageReport(self.name)
         d_mlp = ctx.lm.adapter.d_mlp
         # Neurons per product against the whole vocabulary: what the memory plan allows.
         chunk = ctx.memory.lmhead_chunk if ctx.memory is not None else LMHEAD_MAX_CHUNK
+        # Layers' edges are written together, up to LMHEAD_WRITE_ROWS at a time: in the
+        # embedded store each write into a table that holds rows rewrites them for the
+        # tokens it touches. Measured on SmolLM2-sized edges (synthetic, 1 GB pool): a first
+        # model 67 s layer by layer against 13 s in one write per type; a second model beside
+        # it 157 s against 21 s. A layer is marked done once its edges are stored.
+        pending: dict[str, list[pd.DataFrame]] = {rel: [] for rel in RELS}
+        pending_layers: list[int] = []
         ctx.reporter.begin(self.name, len(layers) * d_mlp, "neuron")
         for layer in layers:
             tokens = decode_layer(ctx.lm.adapter, layer, k=ctx.cfg.settings["lmhead_k"], device=str(ctx.lm.device),
                                   chunk=chunk)
-            for rel, frame, value in (("PROMOTES", tokens.promotes, "logit"), ("SUPPRESSES", tokens.suppresses, "logit"),
-                                      ("READS", tokens.reads, "weight")):
+            for rel, frame in zip(RELS, (tokens.promotes, tokens.suppresses, tokens.reads)):
                 edges = token_edges(ctx, layer, frame)
-                extra = ["via"] if rel == "READS" else []
                 edges["found"] = "neuron"  # the neuron's own top-k list (the tokens stage adds "token")
-                report.rows += ctx.store.upsert_rels(rel, edges[["src", "dst", value, "rank", "found", *extra]])
-            ctx.mark_done(self, layer, report)
+                pending[rel].append(edges[["src", "dst", *RELS[rel], "rank", "found"]])
+            pending_layers.append(layer)
             ctx.reporter.advance(d_mlp)
+            if layer == layers[-1] or sum(len(f) for frames in pending.values() for f in frames) >= LMHEAD_WRITE_ROWS:
+                for rel, frames in pending.items():
+                    report.rows += ctx.store.upsert_rels(rel, pd.concat(frames, ignore_index=True))
+                    frames.clear()
+                for done in pending_layers:
+                    ctx.mark_done(self, done, report)
+                pending_layers.clear()
         ctx.reporter.end()
         release_unembedding(ctx.lm.adapter)  # the memory plan counts it for this stage only
         return report
+
+
+# The relationships the stage writes, and their value columns.
+RELS = {"PROMOTES": ["logit"], "SUPPRESSES": ["logit"], "READS": ["weight", "via"]}
 
 
 def token_edges(ctx: Context, layer: int, frame: pd.DataFrame) -> pd.DataFrame:
