@@ -255,7 +255,8 @@ def bench_lmhead(lm: LoadedModel, layers: list[int], k: int, chunk: int, log: Lo
 # (c) the whole job as a user runs it: `nkb ingest` in a subprocess, into a fresh store
 
 REPO = Path(__file__).resolve().parent.parent
-STAGE_LINE = re.compile(r"^(\S+)\s+(\d+) layers.*?([\d,]+) rows\s+([\d.]+) s$")
+# A stage's line in `nkb ingest`'s summary: name, layers, rows, seconds, and its peak RSS.
+STAGE_LINE = re.compile(r"^(\S+)\s+(\d+) layers.*?([\d,]+) rows\s+([\d.]+) s(?:\s+peak RSS\s+([\d.]+) GB)?$")
 GIB = 2**30
 
 
@@ -279,7 +280,8 @@ def run_ingest(args: list[str], log: Log) -> dict:
     for line in stdout.splitlines():
         m = STAGE_LINE.match(line.strip())
         if m:
-            stages[m[1]] = {"layers": int(m[2]), "rows": int(m[3].replace(",", "")), "seconds": float(m[4])}
+            stages[m[1]] = {"layers": int(m[2]), "rows": int(m[3].replace(",", "")), "seconds": float(m[4]),
+                            "peak_rss_gib_at_end": float(m[5]) if m[5] else None}
     result = {"command": ["nkb", "ingest", *args], "exit_code": child.returncode, "wall_s": round(wall, 1),
               "peak_rss_bytes": usage.ru_maxrss * 1024, "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3),
               "stages": stages}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -461,3 +462,10 @@ def test_ingest_prints_each_stage_with_the_peak_memory_so_far(tmp_path):
     assert list(lines) == ["model", "lmhead"], result.output
     peaks = [float(line.split("peak RSS")[1].split()[0]) * 2**30 for line in lines.values()]
     assert held - 0.006 * 2**30 <= peaks[0] <= peaks[1], (held, peaks)  # printed to 0.01 GB
+    # scripts/bench_ingest.py reads these lines back: its pattern must follow the format.
+    spec = importlib.util.spec_from_file_location("bench_ingest", Path(__file__).parent.parent / "scripts" / "bench_ingest.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    parsed = [bench.STAGE_LINE.match(line.strip()) for line in lines.values()]
+    assert all(parsed) and [m[1] for m in parsed] == ["model", "lmhead"], lines
+    assert [float(m[5]) * 2**30 for m in parsed] == peaks
