@@ -54,11 +54,10 @@ def edges(model: str, layer: int, rel: str, rng):
 
 def child(way: str, layers: int, store: str) -> dict:
     """One way, in this process: a first model, then a second through a new handle."""
-    import resource
-
     import numpy as np
     import pandas as pd
 
+    from ingest.memory import peak_resident_bytes
     from kb.ids import neuron_ids, token_ids
     from kb.stores import open_store
 
@@ -83,7 +82,7 @@ def child(way: str, layers: int, store: str) -> dict:
                     s.upsert_rels(rel, pd.concat(frames[rel], ignore_index=True))
             out[f"{model}_model_s"] = round(time.perf_counter() - t0, 2)
             out[f"{model}_model_rows"] = int(sum(len(f) for fs in frames.values() for f in fs))
-    out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+    out["peak_rss_gib"] = round(peak_resident_bytes() / 2**30, 3)
     return out
 
 
