@@ -14,7 +14,7 @@ from ingest.n2g.config import N2GConfig
 from ingest.n2g.driver import build_graphs
 from ingest.n2g.pruning import Record
 from ingest.n2g.runner import LayerRunner
-from tinymodels import tiny_llama
+from tinymodels import tiny_gpt2, tiny_llama, tiny_neox
 
 LAYER, PREFIX, MASK = 1, (1,), 3
 
@@ -109,4 +109,62 @@ def test_runner_matches_one_sequence_per_forward(adapter):
     seqs = [(5, 6, 7, 8), (5, 6), (9, 10, 11), (5, 6, 7, 8, 12, 13)]
     got = LayerRunner(adapter, LAYER, PREFIX, batch_tokens=8).run(seqs)
     for s in seqs:
+        np.testing.assert_allclose(got[s], acts_of(adapter, s), rtol=1e-4, atol=1e-5)
+
+
+def n2g_like_sequences(seed: int) -> list[tuple[int, ...]]:
+    """Snippets with their truncations and maskings: the prefix-sharing sets N2G asks for."""
+    rng = np.random.default_rng(seed)
+    snippets = [tuple(int(t) for t in rng.integers(5, 500, size=int(rng.integers(1, 40)))) for _ in range(20)]
+    out = set(snippets)
+    for s in snippets:
+        for j in range(len(s)):
+            out.add(s[: j + 1])
+            out.add(s[:j] + (MASK,) + s[j + 1:])
+    return sorted(out)
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_llama(seed=3, n_layers=2), lambda: tiny_gpt2(seed=3),
+                                  lambda: tiny_neox(seed=3)], ids=["llama", "gpt2", "neox"])
+@pytest.mark.parametrize("row_tokens", [16, 256])
+def test_tree_mode_equals_plain_forwards_with_less_work(make, row_tokens):
+    """Shared prefixes computed once (4-D ancestor mask, depth positions) give each sequence's
+    activations as a forward of that sequence alone would, on every architecture adapter."""
+    adapter = adapter_for(make())
+    seqs = n2g_like_sequences(0)
+    tree = LayerRunner(adapter, LAYER, PREFIX, batch_tokens=512, row_tokens=row_tokens)
+    plain = LayerRunner(adapter, LAYER, PREFIX, batch_tokens=512, tree=False)
+    got, want = tree.run(seqs), plain.run(seqs)
+    assert tree.tree is True  # the probe accepted tree mode
+    for s in seqs:
+        np.testing.assert_allclose(got[s], want[s], rtol=1e-4, atol=1e-5)
+    for s in seqs[::25]:
+        np.testing.assert_allclose(got[s], acts_of(adapter, s), rtol=1e-4, atol=1e-5)
+    # Rows that hold whole subtrees share the most; narrow rows repeat the paths down to their parts.
+    assert tree.tokens_run < (0.75 if row_tokens == 256 else 1) * plain.tokens_run, (tree.tokens_run, plain.tokens_run)
+
+
+class DeafModel(torch.nn.Module):
+    """A real model that drops the attention mask and positions it is given: tree mode cannot work."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, input_ids, use_cache=False, **ignored):
+        return self.inner(input_ids=input_ids, use_cache=use_cache)
+
+
+def test_a_model_that_ignores_the_tree_mask_runs_plain(adapter):
+    from types import SimpleNamespace
+
+    deaf = SimpleNamespace(model=DeafModel(adapter.model), neuron_module=adapter.neuron_module)
+    runner = LayerRunner(deaf, LAYER, PREFIX, batch_tokens=512)
+    seqs = n2g_like_sequences(1)[:60]
+    got = runner.run(seqs)
+    assert runner.tree is False
+    for s in seqs[::10]:
         np.testing.assert_allclose(got[s], acts_of(adapter, s), rtol=1e-4, atol=1e-5)

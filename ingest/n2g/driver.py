@@ -3,7 +3,8 @@
 Training records are processed snippet by snippet, a chunk of snippets at a time (bounding
 memory): all records of all neurons in a chunk are pruned together (one batch of truncations
 per round), then their saliencies (one batch of maskings), then their augmentations (one batch
-of substitutions). ``LayerRunner`` runs each distinct sequence once for all neurons.
+of substitutions). ``LayerRunner`` runs each distinct sequence once for all neurons, and the
+prefixes the sequences share once for all of them.
 
 ``build_graphs`` called with one neuron's records at a time is the per-neuron implementation of
 the same algorithm (what the reference does); the benchmark compares the two.
