@@ -1,21 +1,24 @@
 """Neuron to Graph on the bundled model (SmolLM2-135M): speed and quality.
 
-    python scripts/bench_n2g.py                              # layer 0 in full, quality on 8 layers
+    python scripts/bench_n2g.py                              # layer 0 in full, quality on 7 layers
     python scripts/bench_n2g.py --full-layers 0,15 --quality-layers all --quality-neurons 64
     python scripts/bench_n2g.py --device cuda
 
 1. Activation records for the layers needed, with the ingest defaults (65,536 corpus tokens),
    into a temporary store (not timed).
 2. Speed: the n2g stage's algorithm on every neuron of each ``--full-layers`` layer (batched:
-   one forward of a variant sequence serves every neuron of the layer), neurons/s, and the
-   extrapolation to the whole model from the measured layers' time per layer (an
-   extrapolation: later layers cost more, as the forward runs up to the neuron's layer).
+   one forward of a variant sequence serves every neuron of the layer), neurons/s.
 3. Speed-up: on the first ``--per-neuron`` neurons of the first full layer, the same algorithm
    run one neuron at a time (what the reference implementation does) against the batched run
    on the same neurons, in the same process, back to back; the graphs must be identical.
-4. Quality: mean firing precision, recall and F1 on held-out records per layer (the first
+4. Tree mode: on the first ``--tree-neurons`` neurons of each ``--tree-layers`` layer, the
+   runner's tree mode (shared prefixes computed once) against its plain mode (one causal row
+   per sequence), back to back in the same process; the graphs must be the same.
+5. Quality: mean firing precision, recall and F1 on held-out records per layer (the first
    ``--quality-neurons`` neurons of each ``--quality-layers`` layer), next to the paper's
    token-lookup baseline on the same neurons and records, and the paper's reported trend.
+   The seconds per neuron of these layers, interpolated between them, give the whole-model
+   extrapolation (an extrapolation: a full layer shares more forwards than a few neurons do).
 
 Writes JSON to ``--out`` (default bench-results/n2g.json).
 """
@@ -32,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ingest.n2g.augmentation import EmbeddingNeighbours
@@ -65,7 +69,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=65_536)
     ap.add_argument("--full-layers", default="0", help="layers run in full for neurons/s")
     ap.add_argument("--per-neuron", type=int, default=24, help="neurons for the per-neuron comparison")
-    ap.add_argument("--quality-layers", default="0,4,8,12,16,20,24,29")
+    ap.add_argument("--tree-layers", default="0,15", help="layers of the tree-mode against plain-mode comparison")
+    ap.add_argument("--tree-neurons", type=int, default=16)
+    ap.add_argument("--quality-layers", default="0,5,10,15,20,25,29")
     ap.add_argument("--quality-neurons", type=int, default=48)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None,
@@ -78,7 +84,8 @@ def main() -> None:
 
     full = parse_layers(args.full_layers) or []
     quality = parse_layers(args.quality_layers) or list(range(30))
-    layers = sorted(set(full) | set(quality))
+    tree_layers = parse_layers(args.tree_layers) or []
+    layers = sorted(set(full) | set(quality) | set(tree_layers))
     result: dict = {"model": args.model, "corpus_tokens": args.tokens, "device": args.device,
                     "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                                 "torch_threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()}}
@@ -96,8 +103,16 @@ def main() -> None:
         neighbours = EmbeddingNeighbours(lm.adapter.model.get_input_embeddings().weight, n2g.n_augment,
                                          exclude=lm.tokenizer.all_special_ids)
 
-        def runner(layer):
-            return LayerRunner(lm.adapter, layer, prefix)
+        def runner(layer, tree=None):
+            return LayerRunner(lm.adapter, layer, prefix, pad_token=n2g.mask_token, tree=tree)
+
+        def same_graphs(a, b) -> bool:
+            # Other batch shapes round differently in the last bits: same patterns, activations within 1e-4.
+            return a.tries.keys() == b.tries.keys() and all(
+                [p for p, _ in a.tries[k].patterns()] == [p for p, _ in b.tries[k].patterns()]
+                and all(abs(x - y) <= 1e-4 * max(1.0, abs(y)) for (_, x), (_, y)
+                        in zip(a.tries[k].patterns(), b.tries[k].patterns()))
+                for k in b.tries)
 
         speed = []
         for layer in full:
@@ -113,12 +128,6 @@ def main() -> None:
                           "mean_f1": _mean(s.f1 for s in graphs.scores.values())})
             log(f"layer {layer}: {speed[-1]}")
         result["full_layers"] = speed
-        if speed:
-            per_layer = statistics.fmean(s["seconds"] for s in speed)
-            result["extrapolation"] = {
-                "what": "EXTRAPOLATED, not measured: mean measured seconds per full layer x 30 layers",
-                "seconds_per_layer": round(per_layer, 1), "all_30_layers_hours": round(per_layer * 30 / 3600, 2)}
-
         if full and args.per_neuron:
             layer = full[0]
             data = _subset(read_layer(store, pipeline.model_id, layer), args.per_neuron)
@@ -130,11 +139,7 @@ def main() -> None:
             t0 = time.perf_counter()
             batched = fit_layer(r2, data, n2g, neighbours)
             t_batched = time.perf_counter() - t0
-            # Other batch shapes round differently in the last bits: same patterns, activations within 1e-4.
-            same = all([p for p, _ in one.tries[k].patterns()] == [p for p, _ in batched.tries[k].patterns()]
-                       and all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for (_, a), (_, b)
-                               in zip(one.tries[k].patterns(), batched.tries[k].patterns()))
-                       for k in batched.tries)
+            same = same_graphs(one, batched)
             result["per_neuron_comparison"] = {
                 "layer": layer, "neurons": len(batched.tries), "per_neuron_seconds": round(t_one, 2),
                 "batched_seconds": round(t_batched, 2), "speedup": round(t_one / t_batched, 2),
@@ -145,6 +150,23 @@ def main() -> None:
                 **({"full_layer_speedup_estimate": round(t_one / len(batched.tries) * speed[0]["neurons"]
                                                          / speed[0]["seconds"], 2)} if speed else {})}
             log(f"per-neuron comparison: {result['per_neuron_comparison']}")
+
+        trees = []
+        for layer in tree_layers:
+            data = _subset(read_layer(store, pipeline.model_id, layer), args.tree_neurons)
+            out = {}
+            for mode, tree in (("plain", False), ("tree", True)):
+                r = runner(layer, tree)
+                t0 = time.perf_counter()
+                out[mode] = (fit_layer(r, data, n2g, neighbours), time.perf_counter() - t0, r)
+            (g_plain, t_plain, r_plain), (g_tree, t_tree, r_tree) = out["plain"], out["tree"]
+            trees.append({"layer": layer, "neurons": len(g_tree.tries), "plain_seconds": round(t_plain, 2),
+                          "tree_seconds": round(t_tree, 2), "speedup": round(t_plain / t_tree, 2),
+                          "plain_tokens": r_plain.tokens_padded, "tree_tokens": r_tree.tokens_padded,
+                          "same_graphs": same_graphs(g_plain, g_tree)})
+            log(f"tree mode layer {layer}: {trees[-1]}")
+        result["tree_mode"] = {"what": "the same neurons fitted with the runner in plain mode, then in tree mode; "
+                                       "tokens forwarded include padding", "layers": trees}
 
         rows = []
         for layer in quality:
@@ -161,6 +183,18 @@ def main() -> None:
                                  "f1": _mean(s.f1 for s in g.baseline.values())},
             })
             log(f"quality layer {layer}: {rows[-1]}")
+        if rows:
+            per_neuron = {r["layer"]: r["seconds"] / max(1, r["neurons"]) for r in rows}
+            sampled = sorted(per_neuron)
+            n_layers = lm.adapter.n_layers
+            width = lm.adapter.d_mlp
+            estimate = sum(float(np.interp(layer, sampled, [per_neuron[x] for x in sampled])) * width
+                           for layer in range(n_layers))
+            result["extrapolation_from_sampled_layers"] = {
+                "what": "EXTRAPOLATED, not measured: seconds per neuron of the quality layers, interpolated "
+                        "linearly between them, x neurons per layer, summed over every layer",
+                "seconds_per_neuron": {str(k): round(v, 3) for k, v in per_neuron.items()},
+                "all_layers_hours": round(estimate / 3600, 1)}
         result["quality"] = {"split": "top records: even ranks train, odd ranks test; random records added "
                                       "to the test set as negatives",
                              "neurons_per_layer": args.quality_neurons, "layers": rows, "paper": PAPER_TREND}
