@@ -75,6 +75,18 @@ def test_load_neurons_matches_frames(kb_path):
     assert n.firing_tokens() == _firing_counts(kb, "alpha/1/2")
 
 
+def test_load_neurons_of_a_whole_layer_gives_each_neuron_its_own_lists(kb_path):
+    path, kb = kb_path
+    with open_store(path, read_only=True) as store:
+        neurons = load_neurons(store, model="alpha", layer=1, records=False, peaks=True)
+    texts = kb.token_text()
+    assert len(neurons) > 2
+    for rel, attr in (("PROMOTES", "promotes"), ("SUPPRESSES", "suppresses")):
+        frame = kb.rels[rel]
+        for n in neurons:
+            assert getattr(n, attr) == [texts[t] for t in frame[frame["src"] == n.id].sort_values("rank")["dst"]], n.id
+
+
 def test_load_neurons_reads_the_neurons_own_lists_and_peaks(fresh_kb):
     path, kb = fresh_kb
     texts = kb.token_text()

@@ -107,16 +107,22 @@ def load_neurons(store: Store, ids: list[str] | None = None, *, model: str | Non
                 continue
             ranked = value == "r.rank"
             df = df.sort_values(["id", "value", "text"], ascending=[True, ranked, True])
-            for nid, group in df.groupby("id", sort=False):
-                texts = group["text"].tolist()
+            texts, values, nids = df["text"].tolist(), df["value"].astype(float).tolist(), df["id"].tolist()
+            for start, end in _runs(nids):  # one run of rows per neuron (a groupby, without its cost per group)
                 if ranked:
                     # READS has one list per input matrix; keep each token once, best rank first
-                    setattr(found[nid], attr, list(dict.fromkeys(texts)))
+                    setattr(found[nids[start]], attr, list(dict.fromkeys(texts[start:end])))
                 else:
-                    setattr(found[nid], attr, list(zip(texts, group["value"].astype(float).tolist())))
+                    setattr(found[nids[start]], attr, list(zip(texts[start:end], values[start:end])))
     if ids is not None:
         return [found[i] for i in ids if i in found]
     return sorted(found.values(), key=lambda n: n.index)
+
+
+def _runs(keys: list) -> list[tuple[int, int]]:
+    """(start, end) of each run of equal consecutive ``keys``."""
+    cuts = [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
+    return list(zip([0, *cuts], [*cuts, len(keys)]))
 
 
 def _num(value) -> float | None:
