@@ -121,8 +121,9 @@ def check_model_name(name: str, what: str = "the model name") -> None:
                           "spaces, e.g. --name my-model")
 
 
-def parse_layers(text: str | None) -> list[int] | None:
-    """'0-5,12' -> [0, 1, 2, 3, 4, 5, 12]; None or 'all' -> None (every layer)."""
+def parse_layers(text: str | None, flag: str = "--layers") -> list[int] | None:
+    """'0-5,12' -> [0, 1, 2, 3, 4, 5, 12]; None or 'all' -> None (every layer). ``flag`` names
+    the option in error messages."""
     if text is None or text.strip().lower() in ("", "all"):
         return None
     layers: set[int] = set()
@@ -135,10 +136,10 @@ def parse_layers(text: str | None) -> list[int] | None:
             if lo_i > hi_i or lo_i < 0:
                 raise ValueError
         except ValueError:
-            raise IngestError(f"cannot read layers '{config.shorten(text, 60)}'",
+            raise IngestError(f"cannot read layers '{config.shorten(text, 60)}' in {flag}",
                               "use a list of layers and ranges, e.g. 0-5,12") from None
         if hi_i > MAX_LAYER:
-            raise IngestError(f"layer {hi_i:,} in --layers '{config.shorten(text, 60)}' is beyond any model",
+            raise IngestError(f"layer {hi_i:,} in {flag} '{config.shorten(text, 60)}' is beyond any model",
                               "use the model's layer numbers, e.g. 0-5,12")
         layers.update(range(lo_i, hi_i + 1))
     return sorted(layers)
@@ -233,10 +234,10 @@ class Pipeline:
                 missing = [layer for layer in self.layers if not ctx.done(need, layer)]
                 if missing:
                     raise IngestError(
-                        f"stage {stage.name} needs {need} for layer(s) {_layer_list(missing)} of {self.model_id}, "
+                        f"stage {stage.name} needs {need} for layer(s) {layer_list(missing)} of {self.model_id}, "
                         "which are not done",
                         f"run it first: nkb ingest {self.cfg.model} --stages {need}"
-                        + (f" --layers {_layer_list(missing)}" if self.cfg.layers is not None else ""),
+                        + (f" --layers {layer_list(missing)}" if self.cfg.layers is not None else ""),
                     )
 
     def _check_settings(self, ctx: Context, stage: Stage) -> None:
@@ -278,7 +279,7 @@ class Pipeline:
         return report
 
 
-def _layer_list(layers: list[int]) -> str:
+def layer_list(layers: list[int]) -> str:
     """[0, 1, 2, 5] -> '0-2,5'."""
     out, start = [], None
     for i, layer in enumerate(layers):
@@ -295,4 +296,4 @@ def ingest(store: Store, cfg: IngestConfig, reporter: Reporter | None = None) ->
     return Pipeline(cfg, reporter).prepare(store.url).run(store)
 
 
-__all__ = ["REGISTRY", "IngestConfig", "IngestReport", "Pipeline", "Reporter", "ingest", "parse_layers"]
+__all__ = ["REGISTRY", "IngestConfig", "IngestReport", "Pipeline", "Reporter", "ingest", "layer_list", "parse_layers"]

@@ -64,7 +64,7 @@ def load_graph(store: Store, neuron: str) -> Graph:
         if row.get("max_act") is not None and row["max_act"] <= 0:
             raise NkbError(f"neuron {nid} never fires (largest activation {row['max_act']:.4g}), so it has no N2G graph")
         raise NkbError(f"neuron {nid} has no N2G graph yet",
-                       f"run: nkb ingest {nid.model} --stages n2g --layers {nid.layer}")
+                       f"run: nkb ingest {nid.model} --stages n2g --n2g-layers {nid.layer}")
     nodes = nodes.assign(path=[N2GNodeId.parse(i).path for i in nodes["id"]])
     return Graph(row, nodes)
 

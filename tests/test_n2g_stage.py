@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ingest.pipeline import IngestConfig, ingest
+from ingest.pipeline import IngestConfig, Reporter, ingest
+from ingest.stages import done_marker
 from kb.cli import cli
 from kb.n2g import load_graph
 from kb.records import decode_activations
@@ -146,7 +147,7 @@ def test_predict_shows_the_real_activation_and_the_graphs_prediction(kb):
      "Error: neuron tiny/1/0 has no activation records yet (run: nkb ingest tiny --stages activations --layers 1)"),
     (["render", SILENT, "--out", "{tmp}/g.svg"], f"Error: neuron {SILENT} never fires"),
     (["render", "tiny/0/77", "--out", "{tmp}/g.svg"], "Error: neuron tiny/0/77 has no N2G graph yet "
-                                                        "(run: nkb ingest tiny --stages n2g --layers 0)"),
+                                                        "(run: nkb ingest tiny --stages n2g --n2g-layers 0)"),
     (["render", "tiny/0/9999", "--out", "{tmp}/g.svg"], "Error: no neuron 'tiny/0/9999' in the store"),
     (["predict", "tiny/0/1", "  "], "Error: no text to predict on"),
     (["predict", "tiny/1/0", "text"], "Error: neuron tiny/1/0 has no activation records yet"),
@@ -183,3 +184,47 @@ def test_bundled_smollm2_n2g_end_to_end(tmp_path):
     assert invoke(url, "render", roots["neuron"].iloc[0], "--out", str(out)).exit_code == 0
     assert ET.parse(out).getroot().tag == "{http://www.w3.org/2000/svg}svg"
     assert "N2G graph (" in invoke(url, "show", roots["neuron"].iloc[0]).output
+
+
+class Notes(Reporter):
+    def __init__(self):
+        self.notes = []
+
+    def note(self, message):
+        self.notes.append(message)
+
+
+def test_n2g_layers_chooses_the_layers_and_the_rest_follow_later(tmp_path):
+    """The default run builds graphs for --n2g-layers only (layer 0 unless told), says which
+    layers it left out, marks only what it built, and a later run fills in the rest."""
+    model = save_tiny_model(tmp_path / "tiny-llama", "llama", seed=0)
+    cfg = dict(model=str(model), name="tiny", layers=[0, 1], **SMALL, **N2G)
+
+    def built(store):
+        graphs = store.cypher("MATCH (n:Neuron)-[:N2G_ROOT]->(:N2GNode) RETURN DISTINCT n.layer AS layer")
+        marked = [layer for layer in (0, 1) if store.get_meta(done_marker("tiny", "n2g", layer)) is not None]
+        return sorted(graphs["layer"]), marked
+
+    with open_store(str(tmp_path / "kb"), create=True) as store:
+        notes = Notes()
+        report = ingest(store, IngestConfig(**cfg, n2g_layers="1"), notes)
+        assert {s.stage: s.layers_done for s in report.stages}["n2g"] == [1]
+        assert built(store) == ([1], [1])
+        assert "n2g: layer(s) 0 left out by --n2g-layers 1 (run them with --n2g-layers 0)" in notes.notes
+        report = ingest(store, IngestConfig(**cfg))  # the default: layer 0
+        assert {s.stage: s.layers_done for s in report.stages}["n2g"] == [0]
+        assert built(store) == ([0, 1], [0, 1])
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("3-1", "Error: cannot read layers '3-1' in --n2g-layers"),
+    ("0,x", "Error: cannot read layers '0,x' in --n2g-layers"),
+    ("20000", "Error: layer 20,000 in --n2g-layers '20000' is beyond any model"),
+    ("1,2", "Error: layer 2 in --n2g-layers is out of range: the model has 2 layers (0-1)"),
+])
+def test_bad_n2g_layers_are_refused_before_anything_is_written(tmp_path, value, expected):
+    model = save_tiny_model(tmp_path / "tiny-llama", "llama", seed=0)
+    url = str(tmp_path / "kb")
+    line = error_line(invoke(url, "ingest", str(model), "--name", "tiny", "--n2g-layers", value))
+    assert line.startswith(expected), line
+    assert not (tmp_path / "kb").exists()

@@ -10,6 +10,10 @@ as negatives, builds the tries with shared forward passes, and writes:
   (explicit context tokens, with their largest importance) to the shared ``Token``s;
 - ``Neuron.n2g_precision/recall/f1`` of firing on the test records.
 
+It runs on the layers of ``--n2g-layers`` (default: layer 0) among those ingested: a deep layer
+takes hours on a CPU (see ``scripts/bench_n2g.py``). A layer left out gets no done marker, so a
+later run with ``--n2g-layers`` fills it in.
+
 Neurons that never fire (largest activation <= 0) get no graph and no scores. After each
 layer (before its done marker), ``SIMILAR_TO {method: 'n2g'}`` edges are recomputed for every
 neuron of the model that has a graph: Jaccard similarity of their sets of firing and context tokens, found through an
@@ -24,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ingest.stages.base import Context, Setting, Stage, StageReport
+from kb.errors import IngestError
 from kb.ids import N2GNodeId, NeuronId, token_ids
 
 RECORDS_QUERY = """
@@ -38,7 +43,6 @@ class N2GStage(Stage):
     name = "n2g"
     help = "Neuron-to-Graph tries per neuron: token search, prediction, P/R/F1, n2g similarity"
     needs = ("activations",)
-    default = False
     settings = (
         Setting("n2g_prune_threshold", 0.5, "N2G: a pruned context keeps at least this share of the activation.",
                 type=float, minimum=0.01, maximum=1),
@@ -51,16 +55,42 @@ class N2GStage(Stage):
         Setting("n2g_augment", 5, "N2G: replacements tried per important token (0: no augmentation).", minimum=0),
         Setting("n2g_augment_keep", 0.5, "N2G: a replacement is kept when it keeps this share of the activation.",
                 type=float, minimum=0, maximum=1),
+        Setting("n2g_layers", "0", "N2G: the layers it runs on, among those ingested: a list such as 0-3,12, or "
+                "all. A deep layer takes hours on a CPU, so by default only layer 0.", type=str, output=False),
         Setting("n2g_neurons", None, "N2G: only the first N neurons of each layer (default: all).", minimum=1),
         Setting("n2g_similar", 10, "N2G: SIMILAR_TO {method: 'n2g'} neighbours kept per neuron.", minimum=0),
         Setting("n2g_batch_tokens", 4096, "N2G: tokens per forward batch.", minimum=64, output=False),
     )
 
+    def validate(self, cfg) -> None:
+        from ingest.pipeline import parse_layers
+
+        parse_layers(cfg.settings["n2g_layers"], "--n2g-layers")
+
+    def check_model(self, cfg, lm) -> None:
+        from ingest.pipeline import parse_layers
+
+        n = lm.adapter.n_layers
+        bad = [layer for layer in parse_layers(cfg.settings["n2g_layers"], "--n2g-layers") or [] if layer >= n]
+        if bad:
+            raise IngestError(f"layer {bad[0]} in --n2g-layers is out of range: the model has {n} layers (0-{n - 1})",
+                              f"use --n2g-layers within 0-{n - 1}")
+
     def run(self, ctx: Context, layers: list[int]) -> StageReport:
         from ingest.n2g.augmentation import EmbeddingNeighbours
         from ingest.n2g.runner import LayerRunner
+        from ingest.pipeline import layer_list, parse_layers
 
+        # Layers left out stay without a done marker: a later run with --n2g-layers fills them.
+        wanted = parse_layers(ctx.cfg.settings["n2g_layers"], "--n2g-layers")
+        left = [layer for layer in layers if wanted is not None and layer not in wanted]
+        layers = [layer for layer in layers if layer not in left]
+        if left:
+            ctx.reporter.note(f"n2g: layer(s) {layer_list(left)} left out by --n2g-layers "
+                              f"{ctx.cfg.settings['n2g_layers']} (run them with --n2g-layers {layer_list(left)})")
         report = StageReport(self.name)
+        if not layers:
+            return report
         cfg = n2g_config(ctx.cfg.settings, ctx.lm.tokenizer)
         prefix = model_prefix(ctx.store, ctx.model_id)
         neighbours = EmbeddingNeighbours(ctx.lm.adapter.model.get_input_embeddings().weight, cfg.n_augment,
