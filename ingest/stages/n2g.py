@@ -87,7 +87,9 @@ class N2GStage(Stage):
         layers = [layer for layer in layers if layer not in left]
         if left:
             ctx.reporter.note(f"n2g: layer(s) {layer_list(left)} left out by --n2g-layers "
-                              f"{ctx.cfg.settings['n2g_layers']} (run them with --n2g-layers {layer_list(left)})")
+                              f"{ctx.cfg.settings['n2g_layers']} (a deep layer takes hours on a CPU; to build them: "
+                              f"nkb ingest {ctx.cfg.model}{f' --name {ctx.cfg.name}' if ctx.cfg.name else ''} "
+                              f"--stages n2g --n2g-layers {layer_list(left)})")
         report = StageReport(self.name)
         if not layers:
             return report
