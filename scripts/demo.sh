@@ -15,5 +15,5 @@ nkb query --name promotes_token -p token=" dog" -p limit=10
 neuron=$(nkb query --name promotes_token -p token=" dog" -p limit=1 --format csv | sed -n 2p | cut -d, -f1)
 echo; echo "== The card of $neuron: its tokens, and the text it fires on most (firing tokens marked)"
 nkb show "$neuron"
-echo; echo "== Layer-0 neurons whose Neuron-to-Graph pattern fires on ' the' (N2G runs on layer 0 by default)"
-nkb search --fires-on " the" --layers 0 --k 5
+echo; echo "== Layer-0 neurons whose Neuron-to-Graph pattern fires on ' ValueError' (N2G runs on layer 0 by default)"
+nkb search --fires-on " ValueError" --layers 0 --k 5
