@@ -153,7 +153,6 @@ class LayerRunner:
             fill += len(unit)
         rows.sort(key=lambda r: sum(map(len, r)))
         widths = [p + sum(map(len, r)) for r in rows]
-        d_mlp = None
         acts: np.ndarray | None = None
         for batch in self._batches(widths):
             width = widths[batch[-1]]
@@ -186,8 +185,7 @@ class LayerRunner:
             mask.masked_fill_(~torch.from_numpy(allow)[:, None], torch.finfo(self.dtype).min)
             out = self._forward(ids, tokens=sum(widths[k] for k in batch), mask=mask, positions=pos)
             if acts is None:
-                d_mlp = out.shape[-1]
-                acts = np.empty((len(tokens), d_mlp), dtype=np.float32)
+                acts = np.empty((len(tokens), out.shape[-1]), dtype=np.float32)
             node_idx, row_idx, col_idx = (np.fromiter((w[i] for w in where), dtype=np.int64, count=len(where))
                                           for i in range(3))
             acts[node_idx] = out[row_idx, col_idx]

@@ -63,15 +63,11 @@ class N2GStage(Stage):
     )
 
     def validate(self, cfg) -> None:
-        from ingest.pipeline import parse_layers
-
-        parse_layers(cfg.settings["n2g_layers"], "--n2g-layers")
+        wanted_layers(cfg.settings)
 
     def check_model(self, cfg, lm) -> None:
-        from ingest.pipeline import parse_layers
-
         n = lm.adapter.n_layers
-        bad = [layer for layer in parse_layers(cfg.settings["n2g_layers"], "--n2g-layers") or [] if layer >= n]
+        bad = [layer for layer in wanted_layers(cfg.settings) or [] if layer >= n]
         if bad:
             raise IngestError(f"layer {bad[0]} in --n2g-layers is out of range: the model has {n} layers (0-{n - 1})",
                               f"use --n2g-layers within 0-{n - 1}")
@@ -79,10 +75,10 @@ class N2GStage(Stage):
     def run(self, ctx: Context, layers: list[int]) -> StageReport:
         from ingest.n2g.augmentation import EmbeddingNeighbours
         from ingest.n2g.runner import LayerRunner
-        from ingest.pipeline import layer_list, parse_layers
+        from ingest.pipeline import layer_list
 
         # Layers left out stay without a done marker: a later run with --n2g-layers fills them.
-        wanted = parse_layers(ctx.cfg.settings["n2g_layers"], "--n2g-layers")
+        wanted = wanted_layers(ctx.cfg.settings)
         left = [layer for layer in layers if wanted is not None and layer not in wanted]
         layers = [layer for layer in layers if layer not in left]
         if left:
@@ -110,6 +106,13 @@ class N2GStage(Stage):
                 report.rows += write_similar(ctx.store, ctx.model_id, ctx.cfg.settings["n2g_similar"])
             ctx.mark_done(self, layer, report)
         return report
+
+
+def wanted_layers(s: dict[str, Any]) -> list[int] | None:
+    """The layers of --n2g-layers (None: every layer)."""
+    from ingest.pipeline import parse_layers
+
+    return parse_layers(s["n2g_layers"], "--n2g-layers")
 
 
 def n2g_config(s: dict[str, Any], tokenizer) -> "Any":
