@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.memory import peak_resident_bytes
+from ingest.memory import peak_resident_bytes, trim
 from ingest.stages import REGISTRY, Context, Stage, StageReport, all_settings, default_stages, defaults, digest, resolve
 from kb import config
 from kb.errors import IngestError
@@ -269,6 +269,8 @@ class Pipeline:
             todo = [layer for layer in self.layers if stage.name == "model" or not ctx.done(stage, layer)]
             sub = stage.run(ctx, todo) if todo else StageReport(stage.name)
             release_vector_cache()  # what a stage read stays in memory no longer than the stage
+            store.release_memory()  # nor what the engine cached of what it wrote
+            trim()
             sub.layers_skipped = [layer for layer in self.layers if layer not in todo]
             sub.seconds = time.perf_counter() - t0
             sub.peak_rss = peak_resident_bytes()  # a high-water mark: the stage that raises it set it

@@ -281,24 +281,16 @@ def server_artifact_dir(url: str, database: str | None) -> Path:
 BUFFER_POOL_ENV = "NKB_BUFFER_POOL_MB"
 
 
-def _default_buffer_pool_mb() -> int:
-    """A quarter of the machine's memory, between 3 and 6 GiB. LadybugDB's checkpoint of a
-    relationship table holds the whole table in the pool: SmolLM2's 1.84 million activation
-    records, written in one COPY, fail with a 2 GiB pool ("the buffer pool is full") and fit in
-    3 GiB. LadybugDB's own default (most of the machine) starved the process of the rest."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
-    except (ValueError, OSError, AttributeError):
-        total = 8192
-    return int(min(6144, max(3072, total // 4)))
-
-
-DEFAULT_BUFFER_POOL_MB = _default_buffer_pool_mb()
+# LadybugDB's own default (most of the machine) starved the process of the rest. The largest
+# write of SmolLM2's main job, its 1.84 million activation records in one COPY, fails in a
+# 2 GiB pool and fits in 3 GiB (scripts/bench_store_pool.py); a pool that grows with the
+# machine only raised the main job's peak RSS (6.8 GiB at a quarter of 24 GB).
+DEFAULT_BUFFER_POOL_MB = 3072
 
 
 def buffer_pool_bytes() -> int:
     """The embedded engine's buffer pool: $NKB_BUFFER_POOL_MB, else ``buffer_pool_mb`` in the
-    config file, else a quarter of the machine's memory between 3 and 6 GiB. Set explicitly
+    config file, else DEFAULT_BUFFER_POOL_MB (3 GiB). Set explicitly
     because LadybugDB's own default claims most of the machine's memory, which a process holding
     model weights and activation state cannot spare."""
     raw = os.environ.get(BUFFER_POOL_ENV)

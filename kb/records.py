@@ -15,15 +15,22 @@ import base64
 from collections.abc import Iterable
 
 import numpy as np
+import pyarrow as pa
 
 
-def encode_activations(rows: np.ndarray | Iterable) -> list[str]:
-    """[n_records, n_tokens] activations -> one string per record."""
+def encode_activations_array(rows: np.ndarray | Iterable) -> pa.StringArray:
+    """[n_records, n_tokens] activations -> one string per record, as one Arrow array: the
+    bulk path, where a Python string lives only while its batch is converted."""
     arr = np.asarray(rows if isinstance(rows, np.ndarray) else list(rows), dtype="<f4")
     if arr.ndim == 1:
         arr = arr[None, :]
     half = np.clip(arr, -65504, 65504).astype("<f2")
-    return [base64.b64encode(row.tobytes()).decode("ascii") for row in half]
+    return pa.array([base64.b64encode(row.tobytes()).decode("ascii") for row in half], pa.string())
+
+
+def encode_activations(rows: np.ndarray | Iterable) -> list[str]:
+    """[n_records, n_tokens] activations -> one string per record."""
+    return encode_activations_array(rows).to_pylist()
 
 
 def decode_activations(text: str) -> np.ndarray:

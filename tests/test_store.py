@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from kb import schema
@@ -407,6 +408,45 @@ def test_rel_upsert_is_idempotent(full, frames):
     for name in ("PROMOTES", "ACTIVATES_ON", "SIMILAR_TO", "HAS_NEURON"):
         full.upsert_rels(name, frames[name])
     assert dump(full) == before
+
+
+def _arrow_backed(df: pd.DataFrame) -> pd.DataFrame:
+    """The same frame with its text columns in Arrow (as the activations stage builds records)."""
+    return df.assign(**{c: pd.arrays.ArrowExtensionArray(pa.array(df[c].tolist(), pa.string()))
+                        for c in ("src", "kind", "activations")})
+
+
+def test_arrow_backed_rel_frames_are_stored_like_object_frames(store, frames):
+    acts = frames["ACTIVATES_ON"]
+    # A repeated key: the last row wins.
+    repeat = acts.iloc[[0]].assign(activations=encode_activations([np.full(SNIPPET_LEN, 7.0)])[0])
+    rows = pd.concat([acts, repeat], ignore_index=True)
+    load(store, {**frames, "ACTIVATES_ON": acts.iloc[:0]})
+    store.release_memory()  # the store goes on as before after giving its memory back
+    arrow = _arrow_backed(rows)
+    assert store.upsert_rels("ACTIVATES_ON", arrow, batch_size=store.bulk_batch_rows(arrow)) == len(acts)
+    last = rows.drop_duplicates(["src", "dst", "kind"], keep="last")
+    expected = sorted(({"src": r.src, "dst": r.dst, "kind": r.kind, "rank": r.rank, "mx": r.max, "position": r.position,
+                        "acts": r.activations} for r in last.itertuples()), key=lambda r: (r["src"], r["dst"], r["kind"]))
+    assert records(store, ACTS_Q) == expected
+    assert store.counts()["ACTIVATES_ON"] == len(acts)
+
+
+def test_encode_activations_array_is_base64_of_float16_per_row():
+    import base64
+
+    from kb.records import encode_activations_array
+
+    rng = np.random.default_rng(3)
+    for width in (1, 2, 3, 64):
+        rows = (rng.standard_normal((5, width)) * 3e4).astype(np.float32)
+        got = encode_activations_array(rows)
+        assert got.type == pa.string() and len(got) == 5
+        assert got.to_pylist() == [base64.b64encode(np.clip(r, -65504, 65504).astype("<f2").tobytes()).decode()
+                                   for r in rows]
+        assert np.allclose([decode_activations(t)[0] for t in got.to_pylist()],
+                           np.clip(rows[:, 0], -65504, 65504), rtol=1e-3)
+    assert len(encode_activations_array(np.zeros((0, 64), np.float32))) == 0
 
 
 def test_node_values_round_trip(full, frames):

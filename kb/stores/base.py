@@ -131,7 +131,9 @@ def prepare_rels(rt: schema.RelType, df: pd.DataFrame) -> pd.DataFrame:
     key = ["src", "dst", *rt.key]
     if df[key].isna().any().any():
         raise SchemaError(f"{rt.type} rows with an empty {'/'.join(key)}")
-    return df.drop_duplicates(key, keep="last").reset_index(drop=True)
+    repeated = df.duplicated(key, keep="last")
+    # Taking every row of a frame copies its Arrow columns: only a frame with repeats pays it.
+    return df[~repeated].reset_index(drop=True) if repeated.any() else df.reset_index(drop=True)
 
 
 # -- the store's own Cypher, the same text on every engine ------------------------------------
@@ -350,6 +352,15 @@ class Store(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def bulk_batch_rows(self, df: pd.DataFrame) -> int:
+        """Rows per write for a caller that wants ``df`` stored in as few writes as the store
+        can take (``upsert_rels(..., batch_size=...)``)."""
+        return self.default_batch_size
+
+    def release_memory(self) -> None:
+        """Give back memory the engine keeps for data this process no longer needs (between
+        ingest stages); nothing to do for a server."""
 
     def __enter__(self) -> "Store":
         return self
