@@ -307,7 +307,7 @@ def bench_main_job(model: str, tokens: int | None, log: Log) -> dict:
     return job
 
 
-def bench_wide(directory: Path, tokens: int, log: Log) -> dict:
+def bench_wide(directory: Path, tokens: int, log: Log, stages: str | None = None) -> dict:
     """An 8B-wide random Llama (scripts/make_wide_llama.py): ingest at bf16, then per-layer
     times and an extrapolation to Llama-3.1-8B's 32 layers and 128,256-token vocabulary."""
     sys.path.insert(0, str(REPO / "scripts"))
@@ -318,7 +318,8 @@ def bench_wide(directory: Path, tokens: int, log: Log) -> dict:
         make_wide_llama.write(directory)
     config = json.loads((directory / "config.json").read_text())
     weights = (directory / "model.safetensors").stat().st_size
-    job = run_ingest([str(directory), "--dtype", "bfloat16", "--tokens", str(tokens)], log)
+    job = run_ingest([str(directory), "--dtype", "bfloat16", "--tokens", str(tokens),
+                      *(["--stages", stages] if stages else [])], log)
     layers, vocab = config["num_hidden_layers"], config["vocab_size"]
     s = job["stages"]
     per_layer = {name: round(s[name]["seconds"] / max(1, s[name]["layers"]), 1)
@@ -367,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wide", type=Path, metavar="DIR",
                     help="(c) only: ingest the 8B-wide random Llama in DIR (written there first if absent) "
                          "with --dtype bfloat16 --tokens N (default 8192)")
+    ap.add_argument("--wide-stages", metavar="LIST",
+                    help="with --wide: run only these ingest stages (default: nkb ingest's default ones)")
     ap.add_argument("--out", default="bench-results/ingest.json")
     args = ap.parse_args(argv)
     if args.threads:
@@ -381,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.main_job:
             report["main_job"] = bench_main_job(args.model, args.tokens if tokens_given else None, log)
         if args.wide:
-            report["wide"] = bench_wide(args.wide, args.tokens if tokens_given else 8192, log)
+            report["wide"] = bench_wide(args.wide, args.tokens if tokens_given else 8192, log, args.wide_stages)
         report["load_average_after"] = _load_average()
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
