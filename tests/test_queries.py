@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import ENGINES, _store_url
-from kb import output, queries
+from kb import cypher, output, queries
 from kb.errors import ParameterError, UnknownQuery
 from kb.queries import REQUIRED, NamedQuery
 from kb.stores import open_store
@@ -340,6 +340,19 @@ def test_parse_header():
 
 def test_placeholders_ignore_strings_and_comments():
     assert queries.placeholders(SAMPLE) == ["token", "score", "flag", "label", "limit"]
+
+
+def test_text_checks_read_each_text_once_and_hand_out_copies():
+    """kb.cypher reads a query's tokens once per text (the checks cost more than a point lookup);
+    what it hands out must not share state between calls."""
+    first = cypher.placeholders(SAMPLE)
+    first.append("stray")
+    assert cypher.placeholders(SAMPLE) == ["token", "score", "flag", "label", "limit"]
+    cypher.write_clause.cache_clear()
+    for _ in range(3):
+        assert cypher.write_clause("MATCH (n) DETACH DELETE n") == "DETACH"
+        assert cypher.write_clause("MATCH (n) RETURN n.delete") is None
+    assert cypher.write_clause.cache_info().hits == 4
 
 
 def test_problems_name_undocumented_and_stray_params():
