@@ -336,16 +336,34 @@ def test_embedded_second_model_edges_fit_a_small_buffer_pool(tmp_path, monkeypat
     assert dict(zip(got["layer"], got["n"])) == written
 
 
+def test_embedded_stores_activation_records_forward_only(tmp_path):
+    """ACTIVATES_ON has no backward index in the embedded engine (schema.RelType.backward):
+    walking it from its snippet fails there, so every statement of the store walks it from
+    the neuron (delete_model's orphan check included, see test_delete_model_*)."""
+    assert [rt.type for rt in schema.RELS if not rt.backward] == ["ACTIVATES_ON"]
+    with open_store(str(tmp_path / "kb"), create=True) as s:
+        s.upsert_nodes("Neuron", pd.DataFrame({"id": ["n0", "n1"]}))
+        s.upsert_nodes("Snippet", pd.DataFrame({"id": ["s0", "s1"]}))
+        s.upsert_rels("ACTIVATES_ON", pd.DataFrame({"src": ["n0"], "dst": ["s0"], "kind": "top", "rank": 0}))
+        got = s.cypher("MATCH (n:Neuron)-[:ACTIVATES_ON]->(s:Snippet {id: 's0'}) RETURN n.id AS n")
+        assert got["n"].tolist() == ["n0"]
+        with pytest.raises(NkbError, match="bwd"):
+            s.cypher("MATCH (s:Snippet) WHERE NOT EXISTS { MATCH (s)<-[:ACTIVATES_ON]-() } RETURN s.id AS s")
+        # The promotes edges keep both directions.
+        s.cypher("MATCH (t:Token) WHERE NOT EXISTS { MATCH (t)<-[:PROMOTES]-() } RETURN t.id AS t")
+
+
 def test_embedded_pool_full_during_a_write_rolls_it_back(tmp_path, monkeypatch):
     monkeypatch.setenv("NKB_BUFFER_POOL_MB", "40")
     url = str(tmp_path / "kb")
     acts = encode_activations(np.arange(64, dtype=np.float32).reshape(1, 64))[0]
     with open_store(url, create=True) as s:
-        s.upsert_nodes("Neuron", pd.DataFrame({"id": [f"n{i}" for i in range(1500)]}))
+        # 30,000 records: 15,000 fit 40 MB since ACTIVATES_ON is stored forward only.
+        s.upsert_nodes("Neuron", pd.DataFrame({"id": [f"n{i}" for i in range(3000)]}))
         s.upsert_nodes("Snippet", pd.DataFrame({"id": [f"s{i}" for i in range(10)]}))
         with pytest.raises(NkbError) as err:
             s.upsert_rels("ACTIVATES_ON", pd.DataFrame({
-                "src": np.repeat([f"n{i}" for i in range(1500)], 10), "dst": np.tile([f"s{i}" for i in range(10)], 1500),
+                "src": np.repeat([f"n{i}" for i in range(3000)], 10), "dst": np.tile([f"s{i}" for i in range(10)], 3000),
                 "kind": "top", "rank": 0, "max": 1.0, "position": 0, "activations": acts}))
         assert "buffer pool is full" in str(err.value) and "rolled back" in err.value.hint
         assert "post-commit" not in str(err.value) and "NKB_BUFFER_POOL_MB" in err.value.hint

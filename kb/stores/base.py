@@ -155,15 +155,16 @@ MODEL_TOKENIZER = "MATCH (m:`Model` {id: $model}) RETURN m.`tokenizer` AS tokeni
 # Detach a batch of the model's activation records, returning the snippets they pointed at.
 DETACH_RECORDS = ("MATCH (:`Neuron` {`model`: $model})-[r:`ACTIVATES_ON`]->(s:`Snippet`) "
                   "WITH r, s LIMIT $limit DELETE r RETURN collect(DISTINCT s.id) AS snippets")
-DELETE_ORPHAN_SNIPPETS = ("UNWIND $ids AS sid MATCH (s:`Snippet` {id: sid}) "
-                          "WHERE NOT EXISTS { MATCH (s)<-[:`ACTIVATES_ON`]-() } DETACH DELETE s RETURN count(*) AS deleted")
+# Which of these snippets a record still points at. Records are walked from their neuron:
+# the embedded engine stores ACTIVATES_ON forward only (schema.RelType.backward).
+USED_SNIPPETS = ("MATCH (:`Neuron`)-[:`ACTIVATES_ON`]->(s:`Snippet`) WHERE s.id IN $ids "
+                 "RETURN DISTINCT s.id AS id")
+DELETE_SNIPPETS = "UNWIND $ids AS sid MATCH (s:`Snippet` {id: sid}) DETACH DELETE s RETURN count(*) AS deleted"
+TOKENIZER_SNIPPETS = "MATCH (s:`Snippet`) WHERE s.`tokenizer` = $tokenizer RETURN s.id AS id"
 OTHER_MODELS_WITH_TOKENIZER = ("MATCH (m:`Model`) WHERE m.`tokenizer` = $tokenizer AND m.id <> $model "
                                "RETURN count(m) AS n")
 DELETE_TOKENS = ("MATCH (t:`Token`) WHERE t.`tokenizer` = $tokenizer "
                  "WITH t LIMIT $limit DETACH DELETE t RETURN count(*) AS deleted")
-DELETE_UNUSED_SNIPPETS = ("MATCH (s:`Snippet`) WHERE s.`tokenizer` = $tokenizer "
-                          "AND NOT EXISTS { MATCH (s)<-[:`ACTIVATES_ON`]-() } "
-                          "WITH s LIMIT $limit DETACH DELETE s RETURN count(*) AS deleted")
 DELETE_MODEL = "MATCH (m:`Model` {id: $model}) DETACH DELETE m RETURN count(*) AS deleted"
 # The model's ingest records (done markers, saved configuration): left behind, they would make
 # a new ingest under the same name skip the stages they mark done.
@@ -179,8 +180,8 @@ def model_meta_prefix(model_id: str) -> str:
 
 def statements() -> list[str]:
     """Every statement the base class sends (each engine adds its own)."""
-    out = [MODEL_TOKENIZER, DETACH_RECORDS, DELETE_ORPHAN_SNIPPETS, OTHER_MODELS_WITH_TOKENIZER,
-           DELETE_TOKENS, DELETE_UNUSED_SNIPPETS, DELETE_MODEL_META, DELETE_MODEL]
+    out = [MODEL_TOKENIZER, DETACH_RECORDS, USED_SNIPPETS, DELETE_SNIPPETS, TOKENIZER_SNIPPETS,
+           OTHER_MODELS_WITH_TOKENIZER, DELETE_TOKENS, DELETE_MODEL_META, DELETE_MODEL]
     out += [node_count_query(nt.label) for nt in schema.NODES]
     out += [delete_by_model_query(nt) for nt in schema.NODES if nt.model_prop]
     out += [rel_count_query(rt.type) for rt in schema.RELS]
@@ -291,8 +292,10 @@ class Store(ABC):
             # Snippets are shared between models: only those this model's records point at
             # can become orphans by deleting it.
             limit = {"model": model_id, "limit": self.delete_batch_size}
+            pointed_at: set[str] = set()
             while snippets := self._write_rows(DETACH_RECORDS, limit)[0][0]:
-                deleted["Snippet"] += int(self._write_rows(DELETE_ORPHAN_SNIPPETS, {"ids": list(snippets)})[0][0])
+                pointed_at.update(snippets)
+            deleted["Snippet"] += self._delete_unused_snippets(sorted(pointed_at))
             for nt in schema.NODES:
                 if nt.model_prop:
                     deleted[nt.label] += self._delete_all(delete_by_model_query(nt), model=model_id)
@@ -301,10 +304,26 @@ class Store(ABC):
                 deleted["Token"] += self._delete_all(DELETE_TOKENS, tokenizer=tokenizer)
                 # No model reads this tokenizer any more, so its unattached snippets (say,
                 # from an ingest killed before its records) can never be used.
-                deleted["Snippet"] += self._delete_all(DELETE_UNUSED_SNIPPETS, tokenizer=tokenizer)
+                ids = [row[0] for row in self._rows(TOKENIZER_SNIPPETS, {"tokenizer": tokenizer})]
+                deleted["Snippet"] += self._delete_unused_snippets(ids)
             self._write_rows(DELETE_MODEL_META, {"prefix": model_meta_prefix(model_id)})
             deleted["Model"] += int(self._write_rows(DELETE_MODEL, {"model": model_id})[0][0])
         return deleted
+
+    #: Snippets checked per statement by _delete_unused_snippets. On the embedded engine each
+    #: check reads every record once (they are stored forward only), so the batches are large.
+    snippet_check_batch_size: int = 50_000
+
+    def _delete_unused_snippets(self, ids: list[str]) -> int:
+        """Delete the snippets of ``ids`` that no activation record points at; return how many."""
+        total = 0
+        for start in range(0, len(ids), self.snippet_check_batch_size):
+            batch = ids[start:start + self.snippet_check_batch_size]
+            used = {row[0] for row in self._rows(USED_SNIPPETS, {"ids": batch})}
+            unused = [i for i in batch if i not in used]
+            for at in range(0, len(unused), self.delete_batch_size):
+                total += int(self._write_rows(DELETE_SNIPPETS, {"ids": unused[at:at + self.delete_batch_size]})[0][0])
+        return total
 
     def _delete_all(self, query: str, **params: Any) -> int:
         total = 0

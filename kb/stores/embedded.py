@@ -87,7 +87,8 @@ def table_ddl() -> list[str]:
         statements.append(f"CREATE NODE TABLE {_q(nt.label)}({cols}, PRIMARY KEY({_q(primary_key(nt))}))")
     for rt in schema.RELS:
         cols = "".join(f", {_q(p.name)} {p.type}" for p in rt.props)
-        statements.append(f"CREATE REL TABLE {_q(rt.type)}(FROM {_q(rt.src)} TO {_q(rt.dst)}{cols})")
+        forward_only = "" if rt.backward else " WITH (storage_direction = 'fwd')"
+        statements.append(f"CREATE REL TABLE {_q(rt.type)}(FROM {_q(rt.src)} TO {_q(rt.dst)}{cols}){forward_only}")
     return statements
 
 
