@@ -14,7 +14,6 @@ from tinymodels import tiny_gpt2, tiny_llama
 from ingest.activations import (
     ActivationCollector,
     RecordConfig,
-    buffer_bytes,
     plan_windows,
     run_activation_pass,
     sample_keys,
@@ -57,6 +56,11 @@ def all_activations(adapter, tokens: np.ndarray, bos_id: int | None, batch_size:
             h.remove()
     start = 1 if bos_id is not None else 0
     return {layer: torch.cat(a)[:, start:].numpy() for layer, a in acts.items()}
+
+
+def as_half(values: np.ndarray) -> np.ndarray:
+    """float32 activations as the graph keeps them: clipped to float16's range, rounded to it."""
+    return np.clip(values, -65504, 65504).astype(np.float16).astype(np.float32)
 
 
 def rows_of(records, kind: str) -> dict[int, list[tuple]]:
@@ -115,14 +119,16 @@ def test_pass_equals_brute_force(family, bos_id):
             order = np.lexsort((win, -wmax[:, n]))[: CFG.top_k]
             assert [r[1] for r in top[n]] == order.tolist()
             for rank, w, mx, pos, values in top[n]:
-                assert values == acts[w, :, n].tolist()  # exact, float32 values
+                # float16, as the graph stores them (numpy's rounding, not the pass's torch one)
+                assert values == as_half(acts[w, :, n]).tolist()
                 assert len(values) == WINDOW
                 assert mx == wmax[w, n] and pos == int(np.argmax(acts[w, :, n]))
             # random: the windows with the largest keys, largest first
             keys = random_keys[:, n]
             assert [r[1] for r in rnd[n]] == np.argsort(-keys)[: CFG.n_random].tolist()
-            for _, w, _, _, values in rnd[n]:
-                assert values == acts[w, :, n].tolist()
+            for _, w, mx, pos, values in rnd[n]:
+                assert values == as_half(acts[w, :, n]).tolist()
+                assert mx == wmax[w, n] and pos == int(np.argmax(acts[w, :, n]))
 
         check_quantiles(res, acts, layer)
 
@@ -156,7 +162,8 @@ def check_quantiles(res, acts: np.ndarray, layer: int) -> None:
             lo, hi = edges[j], edges[j + 1]
             assert ((got["max"] >= lo) & ((got["max"] < hi) if j < CFG.n_quantiles - 1 else (got["max"] <= hi))).all()
             for r in got.itertuples():
-                assert list(r.activations) == acts[r.window, :, n].tolist()
+                assert list(r.activations) == as_half(acts[r.window, :, n]).tolist()
+                assert r.max == wmax[r.window, n] and r.position == int(np.argmax(acts[r.window, :, n]))
             # The claim the docs make: with enough reservoir members in a bin, the records are
             # exactly the bin's largest-key windows over the whole corpus.
             if len(members) >= CFG.per_quantile:
@@ -340,12 +347,6 @@ def test_sample_keys_are_distinct_and_independent_per_stream():
     assert np.array_equal(sample_keys(0, "random", 3, 8, w[1234:1240]), keys[1234:1240])
 
 
-def test_buffer_bytes_matches_smollm2_estimate():
-    # SmolLM2-135M: 1536 neurons per layer, window 64, the default records
-    mb = buffer_bytes(1536, 64, RecordConfig()) / 2**20
-    assert 40 < mb < 60
-
-
 @pytest.mark.parametrize("chunk", [7, 64, 10_000])
 def test_plan_windows_is_the_largest_keys_in_order(chunk):
     keys = sample_keys(3, "random", 2, 16, np.arange(150))
@@ -378,3 +379,23 @@ def test_partial_results_of_a_planned_pass_hold_only_windows_seen():
     assert (res.stats["quantile_boundaries"].map(len) == CFG.n_quantiles + 1).all()
     with pytest.raises(IngestError, match="past the end"):
         c.process(tokens[:60], 100)
+
+
+def test_records_kept_as_float16_store_the_bytes_float32_would():
+    """The pass rounds record activations to float16 (torch) where the stage used to round the
+    float32 values when encoding them (numpy, kb.records): the stored strings must not change.
+    Includes values past float16's range, subnormals, exact ties and negative zero."""
+    from ingest.activations.buffers import as_record
+    from kb.records import encode_activations_array
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([
+        rng.standard_normal((200, 64)) * 10.0 ** rng.integers(-9, 6, (200, 1)),
+        np.array([[70000.0, -70000.0, 65504.0, 65520.0, 1e-8, -1e-8, 6e-8, 2.0**-24 * 1.5, -0.0]
+                  + [1.0 + 2.0**-11] * 55]),  # 1 + 2^-11 lies halfway between two float16 values
+    ]).astype(np.float32)
+    half, peak, position = as_record(torch.from_numpy(values))
+    assert encode_activations_array(half.float().numpy()).equals(encode_activations_array(values))
+    assert np.array_equal(half.numpy().view(np.uint16),
+                          np.clip(values, -65504, 65504).astype(np.float16).view(np.uint16))
+    assert np.array_equal(peak.numpy(), values.max(1)) and np.array_equal(position.numpy(), values.argmax(1))

@@ -154,9 +154,10 @@ def test_8b_activation_pass_is_split_and_smollm2_fits_one_pass_at_4g():
     p = memory.plan(LLAMA_8B, layers, memory.Settings(), stages=STAGES, budget=24 * GIB, buffer_pool=GIB)
     assert len(p.groups) > 1 and p.peak() <= 24 * GIB
     assert sorted(sum(p.groups, [])) == layers
-    # SmolLM2-135M at the defaults: all 30 layers in one pass need about 52 MB each.
+    # SmolLM2-135M at the defaults: all 30 layers in one pass need about 33 MB each (records
+    # kept as float16; 52 MB in float32).
     smol = memory.plan(SMOLLM2, list(range(30)), memory.Settings(), stages=STAGES, budget=None, buffer_pool=GIB)
-    assert 50 * 2**20 > smol.per_layer > 45 * 2**20
+    assert 35 * 2**20 > smol.per_layer > 30 * 2**20
     assert 3 * GIB < smol.peak(30) < 5 * GIB
 
 

@@ -1,13 +1,16 @@
 """Per-neuron record buffers: the top records, selected during the pass (``TopK``), and the
 sampled records, decided before it (``Planned``).
 
-Record activations are kept in float32, the dtype the statistics and selections are computed
-in: a record's ``max`` and ``position`` come from exactly the kept values, so they agree with
-the per-window max that chose the record and with each other. The graph stores them as
-float16 (``kb.records``), applied once, at write time.
+Record activations are kept as float16, the precision the graph stores them in
+(``kb.records``: the same clip to +-65504 and the same round to nearest, so the stored bytes do
+not change), which halves the pass's largest state. A record's ``max`` and ``position`` are
+taken from the float32 values before that rounding (``as_record``), so they agree exactly with
+the per-window max that chose the record and with the statistics.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -15,10 +18,30 @@ import torch
 from ingest.activations.config import refuse_checkpoint
 from ingest.activations.keys import INT64_MIN
 
+HALF_MAX = 65504.0  # float16's largest finite value, where kb.records clips
+
+
+def as_record(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 activations [..., window] -> (float16 values, max, first position of the max)."""
+    peak, position = values.max(-1)  # torch returns the first of equal maxima, as numpy's argmax
+    return values.clamp(-HALF_MAX, HALF_MAX).to(torch.float16), peak, position.to(torch.int32)
+
+
+class Kept(NamedTuple):
+    """A buffer's results on the CPU: per neuron row, each slot's ``window`` (-1: none) and
+    ``values`` (float32: a record's activations [d, k, window], or a sample's scalars [d, k]),
+    whether the slot is ``valid``, and for records each one's ``peak`` and ``position``."""
+
+    window: np.ndarray
+    values: np.ndarray
+    valid: np.ndarray
+    peak: np.ndarray | None = None
+    position: np.ndarray | None = None
+
 
 class TopK:
     """Per neuron, the ``k`` entries with the largest keys seen so far, with their windows and
-    activations ([d, k, window] float32).
+    activations ([d, k, window] float16, with each one's float32 max and its position).
 
     Slots are unordered and never move: a merge writes only the slots it evicts, so merging a
     few new windows into many neurons touches a few rows of activations, not all of them.
@@ -33,12 +56,14 @@ class TopK:
         self.key = torch.full((d, k), INT64_MIN, dtype=torch.int64, device=device)
         self.window = torch.full((d, k), -1, dtype=torch.int64, device=device)
         # Payloads of empty slots are never read: no need to clear them.
-        self.payload = torch.empty((d, k, window), dtype=torch.float32, device=device)
+        self.payload = torch.empty((d, k, window), dtype=torch.float16, device=device)
+        self.peak = torch.empty((d, k), dtype=torch.float32, device=device)
+        self.position = torch.empty((d, k), dtype=torch.int32, device=device)
         self.smallest = torch.full((d,), INT64_MIN, dtype=torch.int64, device=device)  # a candidate must beat it
 
     def merge_pairs(self, neuron: torch.Tensor, key: torch.Tensor, window: torch.Tensor,
                     payload: torch.Tensor) -> None:
-        """Fold in P candidates: ``neuron``, ``key``, ``window`` [P], ``payload`` [P, window]."""
+        """Fold in P candidates: ``neuron``, ``key``, ``window`` [P], ``payload`` [P, window] float32."""
         if self.k == 0 or neuron.numel() == 0:
             return
         k, dev = self.k, neuron.device
@@ -67,12 +92,16 @@ class TopK:
         src = cand_src[take_r, take_c]
         real = src >= 0
         self.key[n_idx, evict_slot] = cand_key[take_r, take_c]
-        self.window[n_idx, evict_slot] = torch.where(real, window[src.clamp(min=0)], -1)
-        self.payload[n_idx, evict_slot] = payload[src.clamp(min=0)]
+        take = src.clamp(min=0)
+        self.window[n_idx, evict_slot] = torch.where(real, window[take], -1)
+        half, peak, position = as_record(payload[take])
+        self.payload[n_idx, evict_slot] = half
+        self.peak[n_idx, evict_slot] = peak
+        self.position[n_idx, evict_slot] = position
         self.smallest[rows] = self.key[rows].amin(1)
 
     def merge_dense(self, key: torch.Tensor, windows: torch.Tensor, src: torch.Tensor) -> None:
-        """Fold in a batch: ``key`` [B, d], ``windows`` [B], ``src`` [B, d, window] every entry's activations."""
+        """Fold in a batch: ``key`` [B, d], ``windows`` [B], ``src`` [B, d, window] every entry's float32 activations."""
         if self.k == 0:
             return
         k = self.k
@@ -84,23 +113,28 @@ class TopK:
         self.window = torch.where(top == INT64_MIN, -1, window)
         shape = (*idx.shape, self.payload.shape[2])
         kept = self.payload.gather(1, old[..., None].expand(shape))
-        fresh = src.transpose(0, 1).gather(1, new[..., None].expand(shape))
-        self.payload = torch.where(from_buf[..., None], kept, fresh)
+        half, peak, position = as_record(src.transpose(0, 1).gather(1, new[..., None].expand(shape)))
+        self.payload = torch.where(from_buf[..., None], kept, half)
+        self.peak = torch.where(from_buf, self.peak.gather(1, old), peak)
+        self.position = torch.where(from_buf, self.position.gather(1, old), position)
         self.smallest = top.amin(1)
 
-    def results(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(window, payload, valid) on the CPU, each row in key order, largest first."""
+    _STATE = ("key", "window", "payload", "peak", "position")
+
+    def results(self) -> Kept:
+        """The records on the CPU, each row in key order, largest first."""
         key = self.key.cpu().numpy()
         order = np.argsort(key, axis=1)[:, ::-1]  # keys are distinct; empty slots (INT64_MIN) last
         window = np.take_along_axis(self.window.cpu().numpy(), order, 1)
-        payload = np.take_along_axis(self.payload.cpu().numpy(), order[..., None], 1)
-        return window, payload, window >= 0
+        payload = np.take_along_axis(self.payload.cpu().numpy(), order[..., None], 1).astype(np.float32)
+        return Kept(window, payload, window >= 0, np.take_along_axis(self.peak.cpu().numpy(), order, 1),
+                    np.take_along_axis(self.position.cpu().numpy(), order, 1))
 
     def state(self) -> dict:
-        return {"key": self.key.cpu(), "window": self.window.cpu(), "payload": self.payload.cpu()}
+        return {name: getattr(self, name).cpu() for name in self._STATE}
 
     def load(self, state: dict, where: str) -> None:
-        for name in ("key", "window", "payload"):
+        for name in self._STATE:
             setattr(self, name, restore(getattr(self, name), state.get(name), f"{where}.{name}"))
         self.smallest = self.key.amin(1)
 
@@ -113,7 +147,9 @@ class Planned:
     on the host (no device synchronisation).
     """
 
-    def __init__(self, plan: np.ndarray, payload: tuple[int, ...], device: torch.device):
+    def __init__(self, plan: np.ndarray, record_len: int | None, device: torch.device):
+        """``record_len``: each entry keeps a record of that many activations (float16, with its
+        max and position, as ``TopK``); None: one float32 value (a window max) per entry."""
         d, k = plan.shape
         self.k = k
         flat = torch.from_numpy(plan.reshape(-1).astype(np.int32))
@@ -125,31 +161,54 @@ class Planned:
         self._entry_window_dev = window.to(device)
         self._entry_pos = pos[order].to(torch.int32).to(device)
         # Slots are read only once their window has been copied in: no need to clear them.
-        self.payload = torch.empty((d, k, *payload), dtype=torch.float32, device=device)
+        self.records = record_len is not None
+        if self.records:
+            self.payload = torch.empty((d, k, record_len), dtype=torch.float16, device=device)
+            self.peak = torch.empty((d, k), dtype=torch.float32, device=device)
+            self.position = torch.empty((d, k), dtype=torch.int32, device=device)
+        else:
+            self.payload = torch.empty((d, k), dtype=torch.float32, device=device)
+
+    @property
+    def _state_names(self) -> tuple[str, ...]:
+        return ("payload", "peak", "position") if self.records else ("payload",)
 
     def add(self, first_window: int, batch: int, src: torch.Tensor) -> None:
-        """Copy the payloads of planned windows ``first_window .. + batch - 1`` from ``src`` [B, d, ...]."""
+        """Copy the payloads of planned windows ``first_window .. + batch - 1`` from ``src``
+        ([B, d, window] float32 activations, or [B, d] values)."""
         # int32 needles: int64 ones would make numpy convert the whole int32 haystack first.
         lo, hi = np.searchsorted(self._entry_window, np.array([first_window, first_window + batch], dtype=np.int32))
         if lo == hi:
             return
         pos = self._entry_pos[lo:hi]
         b = self._entry_window_dev[lo:hi] - first_window
-        self.payload.view(-1, *self.payload.shape[2:])[pos] = src[b, pos // self.k]
+        values = src[b, pos // self.k]
+        if not self.records:
+            self.payload.view(-1)[pos] = values
+            return
+        half, peak, position = as_record(values)
+        self.payload.view(-1, self.payload.shape[2])[pos] = half
+        self.peak.view(-1)[pos] = peak
+        self.position.view(-1)[pos] = position
 
-    def results(self, windows_done: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(window, payload, valid), each row in plan order; entries of windows not yet seen are invalid."""
+    def results(self, windows_done: int) -> Kept:
+        """Each row in plan order; entries of windows not yet seen are invalid."""
         d, k = self.payload.shape[:2]
         window = np.full(d * k, -1, dtype=np.int64)
         window[self._entry_pos.cpu().numpy()] = self._entry_window
         window = window.reshape(d, k)
-        return window, self.payload.cpu().numpy(), (window >= 0) & (window < windows_done)
+        valid = (window >= 0) & (window < windows_done)
+        if not self.records:
+            return Kept(window, self.payload.cpu().numpy(), valid)
+        return Kept(window, self.payload.cpu().numpy().astype(np.float32), valid, self.peak.cpu().numpy(),
+                    self.position.cpu().numpy())
 
     def state(self) -> dict:
-        return {"payload": self.payload.cpu()}
+        return {name: getattr(self, name).cpu() for name in self._state_names}
 
     def load(self, state: dict, where: str) -> None:
-        self.payload = restore(self.payload, state.get("payload"), f"{where}.payload")
+        for name in self._state_names:
+            setattr(self, name, restore(getattr(self, name), state.get(name), f"{where}.{name}"))
 
 
 def restore(mine: torch.Tensor, theirs: torch.Tensor | None, where: str) -> torch.Tensor:

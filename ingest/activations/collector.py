@@ -32,7 +32,7 @@ from ingest.activations.keys import key_values, plan_windows, value_keys
 from ingest.activations.stats import GROUP, MAX, RunningStats, window_partials
 from kb.errors import IngestError
 
-CHECKPOINT_FORMAT = 3
+CHECKPOINT_FORMAT = 4  # 4: record activations as float16, with each record's max and position
 _MAX_WINDOWS = 2**31 - 1  # int32 window indices in the sample plans
 
 
@@ -51,7 +51,7 @@ class LayerState:
         nq = cfg.n_quantiles > 0
         sizes = {"random": cfg.n_random, "quantile": cfg.reservoir if nq else 0,
                  "boundary": cfg.boundary_sample if nq else 0}
-        payloads = {"random": (window,), "quantile": (window,), "boundary": ()}
+        payloads = {"random": window, "quantile": window, "boundary": None}
         samples = {}
         for stream, k in sizes.items():
             # The boundary sample's order is never used: skip sorting 512 keys per neuron.
@@ -77,14 +77,14 @@ class _StopForward(Exception):
 
 
 def buffer_bytes(d_mlp: int, window: int, cfg: RecordConfig) -> int:
-    """Memory the collector holds per layer on its device, whatever the corpus size: 52 MB for
+    """Memory the collector holds per layer on its device, whatever the corpus size: 33 MB for
     SmolLM2-135M (d_mlp 1536) at window 64 and the default records, half of it the quantile
     reservoir."""
-    acts = 4 * window  # float32 activations of one record
+    record = 2 * window + 4 + 4  # float16 activations of one record, its max and its position
     q = cfg.n_quantiles > 0
     per_neuron = (
-        cfg.top_k * (8 + 8 + acts)  # key, window, activations
-        + (cfg.n_random + (cfg.reservoir if q else 0)) * (4 + 4 + acts)  # planned window and slot, activations
+        cfg.top_k * (8 + 8 + record)  # key, window, record
+        + (cfg.n_random + (cfg.reservoir if q else 0)) * (4 + 4 + record)  # planned window and slot, record
         + (cfg.boundary_sample if q else 0) * (4 + 4 + 4)  # planned window and slot, window max
         + 3 * 8 + 3 * 4  # totals
         + 5 * GROUP * 4  # the current group's per-window partials
@@ -318,8 +318,8 @@ class ActivationCollector:
         mx = mx.cpu().numpy().astype(np.float64)
         edges = np.zeros((d, 0))
         if cfg.n_quantiles and done:
-            _, sample, valid = st.boundary.results(done)
-            edges = boundaries(sample, valid, min_window_max.cpu().numpy().astype(np.float64), mx, cfg.n_quantiles)
+            kept = st.boundary.results(done)
+            edges = boundaries(kept.values, kept.valid, min_window_max.cpu().numpy().astype(np.float64), mx, cfg.n_quantiles)
         stats = pd.DataFrame({
             "index": np.arange(d, dtype=np.int64),
             "max_act": mx,

@@ -47,8 +47,9 @@ class LayerResults:
     ``stats``: index, max_act, min_act, mean_act, var_act, density, n_tokens,
     quantile_boundaries (a list of n_quantiles + 1 edges). ``records``: index, window (row of
     the corpus windows), kind ("top" | "random" | "quantile_<j>"), rank (0 = first within the
-    kind), max, position (of the first maximum), activations (float32 array of ``window``
-    values, one per window token; the stage encodes them for the graph with ``kb.records``).
+    kind), max and position (of the first maximum, both from the float32 activations),
+    activations (``window`` values, one per window token, rounded to float16 as the graph keeps
+    them (``kb.records``) and held in a float32 array).
     """
 
     stats: pd.DataFrame

@@ -25,30 +25,32 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from ingest.activations.buffers import Kept
 from ingest.activations.config import RecordConfig
 
 RECORD_COLUMNS = ["index", "window", "kind", "rank", "max", "position", "activations"]
 
 
-def frame(rows: np.ndarray, windows: np.ndarray, kind: str, rank: np.ndarray, acts: np.ndarray) -> pd.DataFrame:
+def frame(kept: Kept, rows: np.ndarray, cols: np.ndarray, kind: str, rank: np.ndarray) -> pd.DataFrame:
+    """The records in slots ``kept[rows, cols]``."""
+    acts = kept.values[rows, cols]
     return pd.DataFrame({
         "index": rows.astype(np.int64),
-        "window": windows.astype(np.int64),
+        "window": kept.window[rows, cols].astype(np.int64),
         "kind": kind,
         "rank": rank.astype(np.int64),
-        "max": acts.max(1).astype(np.float64) if len(acts) else np.zeros(0),
-        "position": acts.argmax(1).astype(np.int64) if len(acts) else np.zeros(0, dtype=np.int64),
+        "max": kept.peak[rows, cols].astype(np.float64),
+        "position": kept.position[rows, cols].astype(np.int64),
         # Row views of one float32 block: building 60k Python lists of floats per layer would
         # take longer than everything else here.
         "activations": list(np.ascontiguousarray(acts, dtype=np.float32)),
     }, columns=RECORD_COLUMNS)
 
 
-def records(results: tuple, kind: str) -> pd.DataFrame:
-    """Rows of a buffer's (window, payload, valid) results, each row in key order."""
-    window, acts, valid = results
-    rows, rank = np.nonzero(valid)  # valid entries come first in key order, so the column is the rank
-    return frame(rows, window[rows, rank], kind, rank, acts[rows, rank])
+def records(kept: Kept, kind: str) -> pd.DataFrame:
+    """Rows of a buffer's results, each row in key order."""
+    rows, rank = np.nonzero(kept.valid)  # valid entries come first in key order, so the column is the rank
+    return frame(kept, rows, rank, kind, rank)
 
 
 def boundaries(sample: np.ndarray, valid: np.ndarray, lo: np.ndarray, hi: np.ndarray, nq: int) -> np.ndarray:
@@ -67,16 +69,14 @@ def boundaries(sample: np.ndarray, valid: np.ndarray, lo: np.ndarray, hi: np.nda
     return np.concatenate([lo[:, None], inner, hi[:, None]], 1)
 
 
-def quantile_records(results: tuple, inner: np.ndarray, cfg: RecordConfig) -> list[pd.DataFrame]:
+def quantile_records(kept: Kept, inner: np.ndarray, cfg: RecordConfig) -> list[pd.DataFrame]:
     """One frame per bin: the reservoir's (key-ordered) members of each bin, ``per_quantile`` at most."""
-    window, acts, valid = results
-    wmax = acts.max(2) if acts.size else np.zeros(valid.shape, dtype=np.float32)
     # Bin j holds maxima in [edge_j, edge_j+1): the number of inner edges <= max.
-    bins = (wmax[:, :, None].astype(np.float64) >= inner[:, None, :]).sum(2)
+    bins = (kept.peak[:, :, None].astype(np.float64) >= inner[:, None, :]).sum(2)
     frames = []
     for j in range(cfg.n_quantiles):
-        member = valid & (bins == j)
+        member = kept.valid & (bins == j)
         rank = np.cumsum(member, 1) - 1  # rows are in key order, so this is the rank within the bin
         rows, cols = np.nonzero(member & (rank < cfg.per_quantile))
-        frames.append(frame(rows, window[rows, cols], f"quantile_{j}", rank[rows, cols], acts[rows, cols]))
+        frames.append(frame(kept, rows, cols, f"quantile_{j}", rank[rows, cols]))
     return frames
