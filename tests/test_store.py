@@ -373,6 +373,27 @@ def test_embedded_pool_full_during_a_write_rolls_it_back(tmp_path, monkeypatch):
         assert s.counts()["ACTIVATES_ON"] == 0
 
 
+def test_embedded_bulk_writes_are_sized_to_the_buffer_pool(tmp_path, monkeypatch):
+    """bulk_batch_rows gives a COPY at most a twelfth of the pool, counted in the frame's
+    bytes, and the records written in such batches are all stored. (Small COPYs are not free:
+    a COPY into a table that holds rows needs more pool than the first one, so splitting only
+    pays at scale; see EmbeddedStore.copy_pool_share.)"""
+    monkeypatch.setenv("NKB_BUFFER_POOL_MB", "96")
+    acts = encode_activations(np.arange(64, dtype=np.float32).reshape(1, 64))[0]
+    edges = pd.DataFrame({
+        "src": np.repeat([f"n{i}" for i in range(6000)], 10), "dst": np.tile([f"s{i}" for i in range(10)], 6000),
+        "kind": "top", "rank": 0, "max": 1.0, "position": 0, "activations": acts})
+    with open_store(str(tmp_path / "kb"), create=True) as s:
+        s.upsert_nodes("Neuron", pd.DataFrame({"id": [f"n{i}" for i in range(6000)]}))
+        s.upsert_nodes("Snippet", pd.DataFrame({"id": [f"s{i}" for i in range(10)]}))
+        rows = s.bulk_batch_rows(edges)
+        per_row = edges.memory_usage(index=False, deep=True).sum() / len(edges)
+        assert rows == int(96 * 2**20 // 12 // int(per_row)) and rows < len(edges)
+        assert s.upsert_rels("ACTIVATES_ON", edges, batch_size=rows) == len(edges)
+        assert s.counts()["ACTIVATES_ON"] == len(edges)
+        assert s.bulk_batch_rows(edges.iloc[:10]) == 10  # never more rows than the frame has
+
+
 def test_embedded_pool_full_after_commit(tmp_path, monkeypatch):
     """LadybugDB can fail in the checkpoint that follows a commit, saying the transaction
     committed and is durable. What is true afterwards: every earlier batch is stored; the

@@ -144,11 +144,12 @@ class ActivationsStage(Stage):
         if not write:
             return 0
         # Everything the group computed is written at once: the Snippets its records use, the
-        # statistics on its Neurons, and all its records in one relationship COPY. LadybugDB
-        # writes a relationship COPY straight to disk only into an empty table; a COPY per
-        # layer rewrites what earlier layers wrote at every checkpoint (SmolLM2's 1.84 million
-        # records took 213 s in 30 COPYs on a quiet 2-core machine). Each layer's pass state
-        # is released as soon as its records are taken, so they never sit beside all of it.
+        # statistics on its Neurons, and its records in as few relationship COPYs as the
+        # buffer pool takes (Store.bulk_batch_rows). LadybugDB writes a relationship COPY
+        # straight to disk only into an empty table; a COPY per layer rewrites what earlier
+        # layers wrote at every checkpoint (SmolLM2's 1.84 million records took 213 s in 30
+        # COPYs on a quiet 2-core machine, 29 s in 3). Each layer's pass state is released as
+        # soon as its records are taken, so they never sit beside all of it.
         ctx.reporter.begin("write records", len(write), "layer")
         stats, edges = [], []
         for layer in write:
@@ -211,6 +212,6 @@ def write_rows(ctx: Context, stats: pd.DataFrame, edges: pd.DataFrame, written: 
         written.update(new)
     snippet = np.asarray(ctx.snippet_ids, dtype=object)
     edges = edges.assign(dst=snippet[edges["window"].to_numpy()]).drop(columns=["window"])
-    # As few writes as the store takes: one COPY in the embedded store (see _run_group), the
-    # server's batch size for Neo4j.
+    # As few writes as the store takes: COPYs that fit the embedded engine's buffer pool (see
+    # _run_group), the server's batch size for Neo4j.
     return rows + ctx.store.upsert_rels("ACTIVATES_ON", edges, batch_size=ctx.store.bulk_batch_rows(edges))

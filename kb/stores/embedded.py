@@ -691,12 +691,20 @@ class EmbeddedStore(Store):
         self.close()
         self._db, self._conn = self._connect(read_only=self.read_only)
 
+    #: A COPY holds what it writes in the buffer pool until it commits, several times over, and
+    #: the checkpoint after it needs room too. With ACTIVATES_ON stored forward only, SmolLM2's
+    #: 0.46 GB of Arrow records (0.49 GB as the stage's frame) in one COPY failed a 1.5 GiB pool
+    #: and fit 2 GiB when the engine wrote them alone (scripts/bench_store_pool.py); in the real
+    #: ingest, COPYs of 813k rows (a sixth of a 1.25 GiB pool) failed in the checkpoint after the
+    #: second, and four of 460k rows fit a 1.5 GiB pool. A COPY gets at most this share of the
+    #: pool, counted in the frame's bytes.
+    copy_pool_share: int = 12
+
     def bulk_batch_rows(self, df: pd.DataFrame) -> int:
-        # One COPY. A second COPY into the same node group rewrites the first one's rows at
-        # its checkpoint. SmolLM2's activation records in two COPYs fit a 1.5 GiB pool when
-        # the engine writes them alone (scripts/bench_store_pool.py), but in the real ingest
-        # the second COPY's checkpoint failed in a 2 GiB pool (twice), as one COPY fails there.
-        return max(1, len(df))
+        if not len(df):
+            return 1
+        row_bytes = max(1, int(df.memory_usage(index=False, deep=True).sum()) // len(df))
+        return max(1, min(len(df), config.buffer_pool_bytes() // self.copy_pool_share // row_bytes))
 
     def release_memory(self) -> None:
         # The buffer pool keeps the pages a stage read or wrote resident until it needs the
