@@ -55,10 +55,11 @@ class TopK:
         self.k = k
         self.key = torch.full((d, k), INT64_MIN, dtype=torch.int64, device=device)
         self.window = torch.full((d, k), -1, dtype=torch.int64, device=device)
-        # Payloads of empty slots are never read: no need to clear them.
+        # Payloads of empty slots are never read: no need to clear them. Maxima are compared
+        # for every slot (and the empty ones masked afterwards), so they start defined.
         self.payload = torch.empty((d, k, window), dtype=torch.float16, device=device)
-        self.peak = torch.empty((d, k), dtype=torch.float32, device=device)
-        self.position = torch.empty((d, k), dtype=torch.int32, device=device)
+        self.peak = torch.zeros((d, k), dtype=torch.float32, device=device)
+        self.position = torch.zeros((d, k), dtype=torch.int32, device=device)
         self.smallest = torch.full((d,), INT64_MIN, dtype=torch.int64, device=device)  # a candidate must beat it
 
     def merge_pairs(self, neuron: torch.Tensor, key: torch.Tensor, window: torch.Tensor,
@@ -160,12 +161,13 @@ class Planned:
         self._entry_window = window.numpy()
         self._entry_window_dev = window.to(device)
         self._entry_pos = pos[order].to(torch.int32).to(device)
-        # Slots are read only once their window has been copied in: no need to clear them.
+        # Slots are read only once their window has been copied in: no need to clear them
+        # (the maxima excepted, which quantile_records bins for every slot before masking).
         self.records = record_len is not None
         if self.records:
             self.payload = torch.empty((d, k, record_len), dtype=torch.float16, device=device)
-            self.peak = torch.empty((d, k), dtype=torch.float32, device=device)
-            self.position = torch.empty((d, k), dtype=torch.int32, device=device)
+            self.peak = torch.zeros((d, k), dtype=torch.float32, device=device)
+            self.position = torch.zeros((d, k), dtype=torch.int32, device=device)
         else:
             self.payload = torch.empty((d, k), dtype=torch.float32, device=device)
 
