@@ -258,8 +258,8 @@ RELS: tuple[RelType, ...] = (
         "An activation record: the neuron's activations on one snippet.",
         key=("kind",),
         # The largest table by far (SmolLM2: 1.84M rows of 172-character strings). Kept in one
-        # direction, one COPY of it needs 2 GiB of buffer pool instead of 2.5, and takes 13.5 s
-        # instead of 30 (scripts/bench_store_pool.py).
+        # direction, one COPY of it needs 2 GiB of buffer pool instead of 2.5, and takes 10.8 s
+        # instead of 28.2 (scripts/bench_store_pool.py).
         backward=False,
     ),
     RelType("FIRES_ON", _N, "Token", (_p("activation", DOUBLE),), "N2G token index: the neuron fires on this token."),
