@@ -410,6 +410,11 @@ def test_every_statement_sent_is_listed(bolt_server, monkeypatch):
 def test_delete_model_in_batches_of_transactions(fstore, monkeypatch):
     kb = make_small_kb()
     _write(fstore, kb)
+    # Every snippet of the small KB is shared between models: add one only alpha points at.
+    alpha_neuron = kb.nodes["Neuron"].loc[kb.nodes["Neuron"]["model"] == "alpha", "id"].iloc[0]
+    fstore.upsert_nodes("Snippet", pd.DataFrame({"id": ["alpha-only"]}))
+    fstore.upsert_rels("ACTIVATES_ON", pd.DataFrame({"src": [alpha_neuron], "dst": ["alpha-only"], "kind": "top",
+                                                     "rank": 9}))
     before = fstore.counts()
     fstore.delete_batch_size = 5
     transactions = []
@@ -420,6 +425,10 @@ def test_delete_model_in_batches_of_transactions(fstore, monkeypatch):
     assert deleted["Model"] == 1 and deleted["Neuron"] == n_alpha and deleted["Token"] == 0
     after = fstore.counts()
     assert after["Neuron"] == before["Neuron"] - n_alpha and after["Token"] == before["Token"]
+    # The snippet only alpha's records pointed at went with them (checked batch by batch); the
+    # shared ones stay.
+    assert deleted["Snippet"] == 1 and after["Snippet"] == before["Snippet"] - 1
+    assert fstore.cypher("MATCH (s:Snippet {id: 'alpha-only'}) RETURN s.id AS id").empty
     assert fstore.cypher("MATCH (n:Neuron {model: 'alpha'}) RETURN n.id AS id").empty
     assert len(transactions) > n_alpha // 5  # the neurons alone took that many batches
     # The last model of a tokenizer takes its tokens along.

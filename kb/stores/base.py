@@ -294,7 +294,10 @@ class Store(ABC):
             limit = {"model": model_id, "limit": self.delete_batch_size}
             pointed_at: set[str] = set()
             while snippets := self._write_rows(DETACH_RECORDS, limit)[0][0]:
-                pointed_at.update(snippets)
+                if self.snippets_checked_per_batch:
+                    deleted["Snippet"] += self._delete_unused_snippets(list(snippets))
+                else:
+                    pointed_at.update(snippets)
             deleted["Snippet"] += self._delete_unused_snippets(sorted(pointed_at))
             for nt in schema.NODES:
                 if nt.model_prop:
@@ -313,6 +316,11 @@ class Store(ABC):
     #: Snippets checked per statement by _delete_unused_snippets. On the embedded engine each
     #: check reads every record once (they are stored forward only), so the batches are large.
     snippet_check_batch_size: int = 50_000
+    #: Whether delete_model checks each batch's snippets as soon as their records are gone (a
+    #: server, where every batch is its own transaction: an interrupted delete leaves no
+    #: earlier batch's orphans behind), or all of them once at the end (one transaction, and a
+    #: check that reads every record).
+    snippets_checked_per_batch: bool = False
 
     def _delete_unused_snippets(self, ids: list[str]) -> int:
         """Delete the snippets of ``ids`` that no activation record points at; return how many."""

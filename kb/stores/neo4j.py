@@ -298,6 +298,7 @@ class Neo4jStore(Store):
     """A knowledge base in a Neo4j 5 database."""
 
     engine = "neo4j"
+    snippets_checked_per_batch = True  # a transaction per batch (see Store.delete_model)
 
     def __init__(self, url: str, *, read_only: bool = False, create: bool = False, batch_size: int | None = None):
         # Only the redacted URL is kept where it can be shown (repr, messages).
