@@ -347,8 +347,9 @@ def test_embedded_stores_activation_records_forward_only(tmp_path):
         s.upsert_rels("ACTIVATES_ON", pd.DataFrame({"src": ["n0"], "dst": ["s0"], "kind": "top", "rank": 0}))
         got = s.cypher("MATCH (n:Neuron)-[:ACTIVATES_ON]->(s:Snippet {id: 's0'}) RETURN n.id AS n")
         assert got["n"].tolist() == ["n0"]
-        with pytest.raises(NkbError, match="bwd"):
+        with pytest.raises(NkbError, match="keeps ACTIVATES_ON forward only") as err:
             s.cypher("MATCH (s:Snippet) WHERE NOT EXISTS { MATCH (s)<-[:ACTIVATES_ON]-() } RETURN s.id AS s")
+        assert "(:Neuron)-[:ACTIVATES_ON]->(:Snippet)" in err.value.hint
         # The promotes edges keep both directions.
         s.cypher("MATCH (t:Token) WHERE NOT EXISTS { MATCH (t)<-[:PROMOTES]-() } RETURN t.id AS t")
 

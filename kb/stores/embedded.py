@@ -121,7 +121,17 @@ def _query_error(err: RuntimeError, timeout: float | None = None) -> NkbError:
         line = f"Cypher error: {rest}"
     if re.search(r"\bparameter\b", line, re.IGNORECASE):
         return ParameterError(line)
+    backward = _NO_BACKWARD.search(line)
+    if backward:
+        rt = schema.rel_type(backward.group(1))
+        return QueryError(f"Cypher error: this store keeps {rt.type} forward only, and the query walks it "
+                          f"from its {rt.dst} end",
+                          f"write the pattern from the {rt.src} side: (:{rt.src})-[:{rt.type}]->(:{rt.dst})")
     return QueryError(line)
+
+
+# LadybugDB's words for a walk against a relationship table stored forward only.
+_NO_BACKWARD = re.compile(r'Failed to get bwd data for rel table "([^"]+)"')
 
 
 def _remove_empty(made: list[Path]) -> None:
