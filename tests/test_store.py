@@ -355,16 +355,18 @@ def test_embedded_stores_activation_records_forward_only(tmp_path):
 
 
 def test_embedded_pool_full_during_a_write_rolls_it_back(tmp_path, monkeypatch):
-    monkeypatch.setenv("NKB_BUFFER_POOL_MB", "40")
     url = str(tmp_path / "kb")
     acts = encode_activations(np.arange(64, dtype=np.float32).reshape(1, 64))[0]
-    with open_store(url, create=True) as s:
-        # 30,000 records: 15,000 fit 40 MB since ACTIVATES_ON is stored forward only.
-        s.upsert_nodes("Neuron", pd.DataFrame({"id": [f"n{i}" for i in range(3000)]}))
+    with open_store(url, create=True) as s:  # the nodes in the default pool, so that only the records can fail
+        s.upsert_nodes("Neuron", pd.DataFrame({"id": [f"n{i}" for i in range(12000)]}))
         s.upsert_nodes("Snippet", pd.DataFrame({"id": [f"s{i}" for i in range(10)]}))
+    monkeypatch.setenv("NKB_BUFFER_POOL_MB", "40")
+    with open_store(url) as s:
+        # 120,000 records in one COPY: 60,000 fit a fresh 40 MB pool (ACTIVATES_ON is stored
+        # forward only).
         with pytest.raises(NkbError) as err:
             s.upsert_rels("ACTIVATES_ON", pd.DataFrame({
-                "src": np.repeat([f"n{i}" for i in range(3000)], 10), "dst": np.tile([f"s{i}" for i in range(10)], 3000),
+                "src": np.repeat([f"n{i}" for i in range(12000)], 10), "dst": np.tile([f"s{i}" for i in range(10)], 12000),
                 "kind": "top", "rank": 0, "max": 1.0, "position": 0, "activations": acts}))
         assert "buffer pool is full" in str(err.value) and "rolled back" in err.value.hint
         assert "post-commit" not in str(err.value) and "NKB_BUFFER_POOL_MB" in err.value.hint
@@ -379,14 +381,15 @@ def test_embedded_bulk_writes_are_sized_to_the_buffer_pool(tmp_path, monkeypatch
     bytes, and the records written in such batches are all stored. (Small COPYs are not free:
     a COPY into a table that holds rows needs more pool than the first one, so splitting only
     pays at scale; see EmbeddedStore.copy_pool_share.)"""
-    monkeypatch.setenv("NKB_BUFFER_POOL_MB", "96")
     acts = encode_activations(np.arange(64, dtype=np.float32).reshape(1, 64))[0]
     edges = pd.DataFrame({
         "src": np.repeat([f"n{i}" for i in range(6000)], 10), "dst": np.tile([f"s{i}" for i in range(10)], 6000),
         "kind": "top", "rank": 0, "max": 1.0, "position": 0, "activations": acts})
-    with open_store(str(tmp_path / "kb"), create=True) as s:
+    with open_store(str(tmp_path / "kb"), create=True) as s:  # the nodes in the default pool
         s.upsert_nodes("Neuron", pd.DataFrame({"id": [f"n{i}" for i in range(6000)]}))
         s.upsert_nodes("Snippet", pd.DataFrame({"id": [f"s{i}" for i in range(10)]}))
+    monkeypatch.setenv("NKB_BUFFER_POOL_MB", "96")
+    with open_store(str(tmp_path / "kb")) as s:
         rows = s.bulk_batch_rows(edges)
         per_row = edges.memory_usage(index=False, deep=True).sum() / len(edges)
         assert rows == int(96 * 2**20 // 12 // int(per_row)) and rows < len(edges)
