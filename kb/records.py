@@ -18,13 +18,16 @@ import numpy as np
 import pyarrow as pa
 
 
+HALF_MAX = 65504.0  # float16's largest finite value: stored activations are clipped to +-HALF_MAX
+
+
 def encode_activations_array(rows: np.ndarray | Iterable) -> pa.StringArray:
     """[n_records, n_tokens] activations -> one string per record, as one Arrow array: the
     bulk path, where a Python string lives only while its batch is converted."""
     arr = np.asarray(rows if isinstance(rows, np.ndarray) else list(rows), dtype="<f4")
     if arr.ndim == 1:
         arr = arr[None, :]
-    half = np.clip(arr, -65504, 65504).astype("<f2")
+    half = np.clip(arr, -HALF_MAX, HALF_MAX).astype("<f2")
     return pa.array([base64.b64encode(row.tobytes()).decode("ascii") for row in half], pa.string())
 
 

@@ -17,8 +17,8 @@ import torch
 
 from ingest.activations.config import refuse_checkpoint
 from ingest.activations.keys import INT64_MIN
+from kb.records import HALF_MAX
 
-HALF_MAX = 65504.0  # float16's largest finite value, where kb.records clips
 
 
 def as_record(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
