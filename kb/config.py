@@ -284,14 +284,16 @@ BUFFER_POOL_ENV = "NKB_BUFFER_POOL_MB"
 # LadybugDB's own default (most of the machine) starved the process of the rest, and a pool
 # that grows with the machine only raised the main job's peak RSS (6.8 GiB at a quarter of
 # 24 GB). The largest write of SmolLM2's main job, its 1.84 million activation records, goes in
-# COPYs sized to the pool (EmbeddedStore.bulk_batch_rows): four COPYs fit 1.5 GiB, where the
-# lmhead and activations stages peaked at 3.76 GiB.
-DEFAULT_BUFFER_POOL_MB = 1536
+# COPYs sized to the pool (EmbeddedStore.bulk_batch_rows). Run alone, the lmhead and
+# activations stages peaked at 3.76 GiB with a 1.5 GiB pool (four COPYs) and at 3.60 GiB with
+# 1.25 GiB (five COPYs, 46 s instead of 31 s); a second model's records fit beside the first's
+# at 1.25 GiB too (scripts/bench_store_pool.py --trial 1280:5:2).
+DEFAULT_BUFFER_POOL_MB = 1280
 
 
 def buffer_pool_bytes() -> int:
     """The embedded engine's buffer pool: $NKB_BUFFER_POOL_MB, else ``buffer_pool_mb`` in the
-    config file, else DEFAULT_BUFFER_POOL_MB (1.5 GiB). Set explicitly
+    config file, else DEFAULT_BUFFER_POOL_MB (1.25 GiB). Set explicitly
     because LadybugDB's own default claims most of the machine's memory, which a process holding
     model weights and activation state cannot spare."""
     raw = os.environ.get(BUFFER_POOL_ENV)
