@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Property types, named as in LadybugDB; Neo4j stores the same Python values.
 STRING, INT64, DOUBLE, BOOL = "STRING", "INT64", "DOUBLE", "BOOLEAN"
@@ -152,6 +152,14 @@ NODES: tuple[NodeType, ...] = (
         indexed=("text", "tokenizer"),
     ),
     NodeType(
+        "TokenText",
+        (_p("id", STRING, "a token's decoded text, leading space kept, e.g. ' dog'"),),
+        "The way in from a token's text: one node per distinct text, SPELLS to every Token that "
+        "decodes to it (in every tokenizer). A lookup by text is then a key lookup on both engines; "
+        "the embedded engine has no index on Token.text and would scan the vocabulary.",
+        id_format="the text itself (the empty text of padding rows has no TokenText)",
+    ),
+    NodeType(
         "Snippet",
         (
             _p("id", STRING, "<tokenizer>/<hash of token ids>"),
@@ -264,7 +272,9 @@ RELS: tuple[RelType, ...] = (
     ),
     RelType("FIRES_ON", _N, "Token", (_p("activation", DOUBLE),), "N2G token index: the neuron fires on this token."),
     RelType("CONTEXT", _N, "Token", (_p("importance", DOUBLE),), "N2G token index: this token in the context matters."),
+    RelType("SPELLS", "TokenText", "Token", (), "The token decodes to this text."),
     RelType("N2G_ROOT", _N, "N2GNode", (), "Entry points of the neuron's N2G trie."),
+    RelType("HAS_N2G_NODE", _N, "N2GNode", (), "Every node of the neuron's N2G trie (the roots too)."),
     RelType("N2G_PREV", "N2GNode", "N2GNode", (), "Walks one token further back in the context."),
     RelType("EXPLAINED_BY", _N, "Explanation", (), "Neuron has explanation."),
     RelType("HAS_SCORE", "Explanation", "Score", (), "Explanation has score."),

@@ -8,8 +8,8 @@
 // @param min_layer  lowest layer to search (int, default: null = no bound)
 // @param max_layer  highest layer to search (int, default: null = no bound)
 // @param limit    rows to return (default: 20)
-MATCH (n:Neuron)-[f:FIRES_ON]->(t:Token), (n)-[:N2G_ROOT]->(root:N2GNode)
-WHERE t.text = $token AND (n.model = $model OR $model IS NULL)
+MATCH (:TokenText {id: $token})-[:SPELLS]->(t:Token)<-[f:FIRES_ON]-(n:Neuron), (n)-[:N2G_ROOT]->(root:N2GNode)
+WHERE (n.model = $model OR $model IS NULL)
   AND (n.layer >= $min_layer OR $min_layer IS NULL) AND (n.layer <= $max_layer OR $max_layer IS NULL)
 // The token tests come after WITH on purpose: inside a MATCH, LadybugDB turns them into
 // scans of every N2GNode instead of walking the tries of the few candidates. One fixed step

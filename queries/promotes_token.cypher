@@ -6,8 +6,8 @@
 // @param token   the token text, leading space included, e.g. " dog" (required)
 // @param model   restrict to one model (string, default: null = all models)
 // @param limit   rows to return (default: 20)
-MATCH (n:Neuron)-[p:PROMOTES]->(t:Token)
-WHERE t.text = $token AND (n.model = $model OR $model IS NULL)
+MATCH (:TokenText {id: $token})-[:SPELLS]->(t:Token)<-[p:PROMOTES]-(n:Neuron)
+WHERE n.model = $model OR $model IS NULL
 WITH n, max(p.logit) AS logit,
      min(CASE WHEN p.found = 'neuron' THEN p.rank END) AS rank,
      min(CASE WHEN p.found = 'token' THEN p.rank END) AS token_rank

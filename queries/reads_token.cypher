@@ -5,8 +5,8 @@
 // @param token   the token text, leading space included, e.g. " dog" (required)
 // @param model   restrict to one model (string, default: null = all models)
 // @param limit   rows to return (default: 20)
-MATCH (n:Neuron)-[r:READS]->(t:Token)
-WHERE t.text = $token AND (n.model = $model OR $model IS NULL)
+MATCH (:TokenText {id: $token})-[:SPELLS]->(t:Token)<-[r:READS]-(n:Neuron)
+WHERE n.model = $model OR $model IS NULL
 WITH n, r.via AS via, max(r.weight) AS weight,
      min(CASE WHEN r.found = 'neuron' THEN r.rank END) AS rank,
      min(CASE WHEN r.found = 'token' THEN r.rank END) AS token_rank

@@ -4,8 +4,8 @@
 // @param token   the token text, leading space included, e.g. " dog" (required)
 // @param model   restrict to one model (string, default: null = all models)
 // @param limit   rows to return (default: 20)
-MATCH (n:Neuron)-[s:SUPPRESSES]->(t:Token)
-WHERE t.text = $token AND (n.model = $model OR $model IS NULL)
+MATCH (:TokenText {id: $token})-[:SPELLS]->(t:Token)<-[s:SUPPRESSES]-(n:Neuron)
+WHERE n.model = $model OR $model IS NULL
 WITH n, min(s.logit) AS logit,
      min(CASE WHEN s.found = 'neuron' THEN s.rank END) AS rank,
      min(CASE WHEN s.found = 'token' THEN s.rank END) AS token_rank

@@ -72,6 +72,8 @@ def make_small_kb() -> KB:
         for m, n in MODELS.items()
     ])
     kb.nodes["Token"] = tokens
+    kb.nodes["TokenText"] = pd.DataFrame({"id": tokens["text"].unique()})
+    kb.rels["SPELLS"] = pd.DataFrame({"src": tokens["text"], "dst": tokens["id"]})
 
     neurons, has = [], []
     for m, n_layers in MODELS.items():
@@ -221,6 +223,7 @@ def make_small_kb() -> KB:
                     prev.append({"src": child["id"], "dst": grand["id"]})
                     context.append({"src": nid, "dst": tid[gtext], "importance": grand["importance"]})
     kb.nodes["N2GNode"] = pd.DataFrame(n2g_nodes)
+    kb.rels["HAS_N2G_NODE"] = kb.nodes["N2GNode"][["neuron", "id"]].set_axis(["src", "dst"], axis=1)
     kb.rels["N2G_ROOT"] = pd.DataFrame(roots)
     kb.rels["N2G_PREV"] = pd.DataFrame(prev)
     kb.rels["FIRES_ON"] = pd.DataFrame(fires).drop_duplicates(["src", "dst"])
@@ -255,7 +258,7 @@ def make_small_kb() -> KB:
 
 
 # Nodes before the relationships that need them.
-NODE_ORDER = ("Model", "Token", "Neuron", "Snippet", "Explanation", "Score", "N2GNode")
+NODE_ORDER = ("Model", "Token", "TokenText", "Neuron", "Snippet", "Explanation", "Score", "N2GNode")
 
 
 def build_small_kb(store) -> KB:

@@ -175,7 +175,7 @@ def test_queries_lists_every_named_query():
     assert [r["name"] for r in rows] == [q.name for q in queries.all_queries()]
     assert all(r["description"] for r in rows)
     one = invoke(None, "queries", "promotes_token").output
-    assert "token (required)" not in one and "required" in one and "MATCH (n:Neuron)-[p:PROMOTES]->(t:Token)" in one
+    assert "token (required)" not in one and "required" in one and "(t:Token)<-[p:PROMOTES]-(n:Neuron)" in one
 
 
 def test_show(kb_path):

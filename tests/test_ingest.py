@@ -56,6 +56,10 @@ def test_every_neuron_gets_tokens_records_and_statistics(ingested):
     assert {row[-2] for row in own["READS"]} == {"gate", "up"}
     assert len(own["READS"]) == 2 * n_layers * d_mlp * cfg.lmhead_k
     assert len(kb["Token"]) == 512
+    # every token is reachable from its text (TokenText -SPELLS->), and only from it
+    texts = {t[0]: t[3] for t in kb["Token"]}
+    assert sorted((r[0], r[1]) for r in kb["SPELLS"]) == sorted((text, tid) for tid, text in texts.items() if text)
+    assert sorted(r[0] for r in kb["TokenText"]) == sorted({text for text in texts.values() if text})
 
     cols = ["src", "dst", "kind", "rank", "max", "position", "activations"]
     records = [dict(zip(cols, r)) for r in kb["ACTIVATES_ON"]]

@@ -13,6 +13,7 @@ import torch
 
 from ingest.pipeline import IngestConfig, Reporter, ingest
 from ingest.stages import done_marker
+from kb import queries
 from kb.cli import cli
 from kb.n2g import load_graph
 from kb.records import decode_activations
@@ -58,6 +59,7 @@ def test_graphs_tokens_and_scores_are_stored(kb):
                          "x.depth AS depth, x.is_end AS is_end, x.activation AS act")
         roots = s.cypher("MATCH (n:Neuron)-[:N2G_ROOT]->(x:N2GNode) RETURN n.id AS neuron, x.id AS id, x.depth AS depth")
         prev = s.cypher("MATCH (a:N2GNode)-[:N2G_PREV]->(b:N2GNode) RETURN a.id AS a, b.id AS b, a.depth AS da, b.depth AS db")
+        members = s.cypher("MATCH (n:Neuron)-[:HAS_N2G_NODE]->(x:N2GNode) RETURN n.id AS neuron, x.id AS id")
         fires = s.cypher("MATCH (n:Neuron)-[f:FIRES_ON]->(t:Token) RETURN n.id AS neuron, t.token_id AS token, "
                          "f.activation AS act")
         scores = s.cypher("MATCH (n:Neuron) WHERE n.layer = 0 AND n.idx < 10 RETURN n.id AS neuron, "
@@ -67,6 +69,9 @@ def test_graphs_tokens_and_scores_are_stored(kb):
     assert (roots["depth"] == 0).all() and set(roots["id"]) == set(nodes[nodes["depth"] == 0]["id"])
     assert (prev["db"] == prev["da"] + 1).all() and all(b.startswith(a + ".") for a, b in zip(prev["a"], prev["b"]))
     assert len(prev) == len(nodes) - len(roots)  # a tree: every node but a root has one parent
+    # every node hangs off its own neuron once, by the node's id (<neuron>/<path>) as well as its property
+    assert sorted(zip(members["neuron"], members["id"])) == sorted(zip(nodes["neuron"], nodes["id"]))
+    assert all(i.rsplit("/", 1)[0] == n for n, i in zip(members["neuron"], members["id"]))
     # FIRES_ON is the set of root tokens, with the largest end activation below each
     for neuron, group in nodes.groupby("neuron"):
         got = fires[fires["neuron"] == neuron].set_index("token")["act"].to_dict()
@@ -171,6 +176,10 @@ def test_bundled_smollm2_n2g_end_to_end(tmp_path):
                                    top_k=4, n_random=2, n_quantiles=0, n2g_neurons=4, n2g_similar=2))
         roots = store.cypher("MATCH (n:Neuron)-[:N2G_ROOT]->(x:N2GNode) RETURN n.id AS neuron, x.token AS token")
         assert set(roots["neuron"]) == {f"smollm2-135m/0/{i}" for i in range(4)}
+        # The graph query reaches every node of a neuron's trie.
+        nodes = store.cypher("MATCH (x:N2GNode) RETURN x.neuron AS neuron, x.id AS id")
+        for nid, group in nodes.groupby("neuron"):
+            assert sorted(queries.run(store, "n2g_graph", {"neuron": nid})["id"]) == sorted(group["id"])
         for i in range(4):
             nid = f"smollm2-135m/0/{i}"
             rec = store.cypher("MATCH (n:Neuron {id: $id})-[a:ACTIVATES_ON]->(s:Snippet) WHERE a.kind = 'top' "
@@ -229,3 +238,26 @@ def test_bad_n2g_layers_are_refused_before_anything_is_written(tmp_path, value, 
     line = error_line(invoke(url, "ingest", str(model), "--name", "tiny", "--n2g-layers", value))
     assert line.startswith(expected), line
     assert not (tmp_path / "kb").exists()
+
+
+def test_a_layers_graphs_are_stored_as_nodes_reachable_from_their_neuron():
+    """graph_frames on a hand-built trie with deep and wildcard branches: every prefix of every
+    pattern is one N2GNode, linked from its neuron (HAS_N2G_NODE), the roots also by N2G_ROOT,
+    and each deeper node from its parent by N2G_PREV."""
+    from ingest.n2g.evaluation import Scores
+    from ingest.n2g.trie import WILDCARD, Trie
+    from ingest.stages.n2g import LayerGraphs, graph_frames
+
+    patterns = [[5, 7, WILDCARD, 9], [5, 8], [6]]
+    trie = Trie()
+    for p in patterns:
+        trie.add(p, 1.0)
+    graphs = LayerGraphs({3: trie}, {3: Scores(1.0, 1.0, 1.0, 1, 0, 0)}, {})
+    frames = graph_frames("m", 2, "tok", [f"t{i}" for i in range(10)], graphs)
+    prefixes = {tuple(p[:n]) for p in patterns for n in range(1, len(p) + 1)}
+    want = {"m/2/3/" + ".".join(map(str, p)) for p in prefixes}
+    assert set(frames["N2GNode"]["id"]) == want and len(frames["N2GNode"]) == len(want) == 6
+    assert sorted(zip(frames["HAS_N2G_NODE"]["src"], frames["HAS_N2G_NODE"]["dst"])) == sorted(("m/2/3", i) for i in want)
+    assert set(frames["N2G_ROOT"]["dst"]) == {"m/2/3/5", "m/2/3/6"}
+    assert sorted(zip(frames["N2G_PREV"]["src"], frames["N2G_PREV"]["dst"])) == sorted(
+        ("m/2/3/" + ".".join(map(str, p[:-1])), "m/2/3/" + ".".join(map(str, p))) for p in prefixes if len(p) > 1)

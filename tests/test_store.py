@@ -64,7 +64,8 @@ def make_kb(seed: int = SEED) -> dict[str, pd.DataFrame]:
         pd.DataFrame({"id": [f"tok/{i}" for i in range(N_TOK)], "tokenizer": "tok",
                       "token_id": np.arange(N_TOK), "text": [f" w{i}" for i in range(N_TOK)]}),
         pd.DataFrame({"id": [f"tok2/{i}" for i in range(N_TOK2)], "tokenizer": "tok2",
-                      "token_id": np.arange(N_TOK2), "text": [f"v{i}" for i in range(N_TOK2)]}),
+                      # tok2's first token is spelled as tok's is: one TokenText for both
+                      "token_id": np.arange(N_TOK2), "text": [" w0"] + [f"v{i}" for i in range(1, N_TOK2)]}),
     ], ignore_index=True)
 
     def snippet(tokenizer: str, name: str, vocab: int) -> dict:
@@ -119,6 +120,7 @@ def make_kb(seed: int = SEED) -> dict[str, pd.DataFrame]:
         "Model": models,
         "Neuron": neurons,
         "Token": tokens,
+        "TokenText": pd.DataFrame({"id": tokens["text"].unique()}),
         "Snippet": snippets,
         "Explanation": explanations,
         "Score": scores,
@@ -129,6 +131,8 @@ def make_kb(seed: int = SEED) -> dict[str, pd.DataFrame]:
         "EXPLAINED_BY": pd.DataFrame({"src": explanations["neuron"], "dst": explanations["id"]}),
         "HAS_SCORE": pd.DataFrame({"src": explanations["id"], "dst": scores["id"]}),
         "N2G_ROOT": pd.DataFrame({"src": n2g["neuron"], "dst": n2g["id"]}),
+        "HAS_N2G_NODE": pd.DataFrame({"src": n2g["neuron"], "dst": n2g["id"]}),
+        "SPELLS": pd.DataFrame({"src": tokens["text"], "dst": tokens["id"]}),
         "SIMILAR_TO": pd.DataFrame({"src": neuron_ids["ma"], "dst": neuron_ids["mb"], "score": 0.5,
                                     "method": "output_weights", "rank": 0}),
     }
@@ -733,7 +737,8 @@ def test_delete_model_keeps_what_others_use(full, frames):
     assert counts["Model"] == 2 and counts["Neuron"] == 16
     assert counts["Token"] == want["Token"]  # mb still uses tokenizer tok
     assert counts["Snippet"] == want["Snippet"] - 2
-    assert counts["SIMILAR_TO"] == 0 and counts["N2G_ROOT"] == 0
+    assert counts["SIMILAR_TO"] == 0 and counts["N2G_ROOT"] == 0 and counts["HAS_N2G_NODE"] == 0
+    assert counts["TokenText"] == want["TokenText"] and counts["SPELLS"] == want["SPELLS"]
     assert counts["PROMOTES"] == want["PROMOTES"] - 24
     left = {r["id"] for r in records(full, "MATCH (s:Snippet) RETURN s.id AS id")}
     assert {"tok/s0", "tok/s1"}.isdisjoint(left) and {"tok/s2", "tok/s3", "tok/s4", "tok/s5"} <= left
@@ -747,6 +752,9 @@ def test_delete_model_drops_tokens_no_model_uses(full, frames):
     assert deleted["Token"] == N_TOK2 and deleted["Snippet"] == 3 and deleted["Neuron"] == 8
     assert records(full, "MATCH (t:Token) WHERE t.tokenizer = 'tok2' RETURN t.id AS id") == []
     assert full.counts()["Token"] == N_TOK
+    # Texts only tok2 spelled go with it; " w0" still spells tok's token.
+    assert deleted["TokenText"] == N_TOK2 - 1 and full.counts()["TokenText"] == N_TOK
+    assert records(full, "MATCH (:TokenText {id: ' w0'})-[:SPELLS]->(t:Token) RETURN t.id AS id") == [{"id": "tok/0"}]
 
 
 def test_delete_unknown_model(full, frames):

@@ -1,4 +1,5 @@
-"""The model stage: the Model node, its tokenizer's Tokens and one Neuron per MLP neuron.
+"""The model stage: the Model node, its tokenizer's Tokens (with the TokenText ways in to them)
+and one Neuron per MLP neuron.
 
 Every other stage writes onto these nodes, so the pipeline always runs this one first. It is
 cheap and idempotent: re-running it rewrites nothing that is already stored.
@@ -26,12 +27,16 @@ class ModelStage(Stage):
             "tokenizer": lm.tokenizer_id, "fingerprint": lm.fingerprint, "config": lm.config_json,
             "window_prefix": window_prefix(lm.tokenizer),
         }]))
-        report.rows += store.upsert_nodes("Token", pd.DataFrame({
+        tokens = pd.DataFrame({
             "id": token_ids(lm.tokenizer_id, range(a.vocab_size)),
             "tokenizer": lm.tokenizer_id,
             "token_id": np.arange(a.vocab_size, dtype=np.int64),
             "text": ctx.token_text,
-        }))
+        })
+        report.rows += store.upsert_nodes("Token", tokens)
+        spelled = tokens[tokens["text"] != ""]  # padding rows decode to nothing: no way in by text
+        report.rows += store.upsert_nodes("TokenText", pd.DataFrame({"id": spelled["text"].unique()}))
+        report.rows += store.upsert_rels("SPELLS", pd.DataFrame({"src": spelled["text"], "dst": spelled["id"]}))
         for layer in layers:
             ids = neuron_ids(ctx.model_id, layer, range(a.d_mlp))
             report.rows += store.upsert_nodes("Neuron", pd.DataFrame({

@@ -5,7 +5,8 @@ Per layer it reads the layer's activation records with one query, splits each ne
 records by rank (even ranks train, odd ranks test) and adds its random records to the test set
 as negatives, builds the tries with shared forward passes, and writes:
 
-- the trie as ``N2GNode``s under ``N2G_ROOT``, walking back through ``N2G_PREV``;
+- the trie as ``N2GNode``s under ``N2G_ROOT``, walking back through ``N2G_PREV``, each one also
+  linked from its neuron by ``HAS_N2G_NODE`` (a whole trie in one step);
 - ``FIRES_ON`` (root tokens, with the largest end activation under them) and ``CONTEXT``
   (explicit context tokens, with their largest importance) to the shared ``Token``s;
 - ``Neuron.n2g_precision/recall/f1`` of firing on the test records.
@@ -195,7 +196,7 @@ def graph_frames(model_id: str, layer: int, tokenizer_id: str, token_text: list[
     """The rows one layer's graphs are stored as, by label or relationship type."""
     from ingest.n2g.trie import WILDCARD
 
-    nodes, roots, prev, fires, context, neurons = [], [], [], [], [], []
+    nodes, members, roots, prev, fires, context, neurons = [], [], [], [], [], [], []
     for idx, trie in sorted(graphs.tries.items()):
         nid = NeuronId(model_id, layer, idx)
         nid_s = str(nid)
@@ -203,6 +204,7 @@ def graph_frames(model_id: str, layer: int, tokenizer_id: str, token_text: list[
             node_id = str(N2GNodeId(nid, path))
             nodes.append((node_id, nid_s, model_id, "*" if node.token == WILDCARD else token_text[node.token],
                           node.token, node.end, node.importance, node.end is not None, node.depth))
+            members.append((nid_s, node_id))
             if len(path) == 1:
                 roots.append((nid_s, node_id))
             else:
@@ -214,6 +216,7 @@ def graph_frames(model_id: str, layer: int, tokenizer_id: str, token_text: list[
     frames = {
         "N2GNode": pd.DataFrame(nodes, columns=["id", "neuron", "model", "token", "token_id", "activation",
                                                 "importance", "is_end", "depth"]),
+        "HAS_N2G_NODE": pd.DataFrame(members, columns=["src", "dst"]),
         "N2G_ROOT": pd.DataFrame(roots, columns=["src", "dst"]),
         "N2G_PREV": pd.DataFrame(prev, columns=["src", "dst"]),
         "FIRES_ON": pd.DataFrame(fires, columns=["src", "dst", "activation"]),
@@ -231,7 +234,7 @@ def write_layer(ctx: Context, layer: int, graphs: LayerGraphs) -> int:
     for label in ("N2GNode", "Neuron"):
         if len(frames[label]):
             rows += ctx.store.upsert_nodes(label, frames[label])
-    for rel in ("N2G_ROOT", "N2G_PREV", "FIRES_ON", "CONTEXT"):
+    for rel in ("HAS_N2G_NODE", "N2G_ROOT", "N2G_PREV", "FIRES_ON", "CONTEXT"):
         if len(frames[rel]):
             rows += ctx.store.upsert_rels(rel, frames[rel])
     return rows

@@ -165,6 +165,9 @@ OTHER_MODELS_WITH_TOKENIZER = ("MATCH (m:`Model`) WHERE m.`tokenizer` = $tokeniz
                                "RETURN count(m) AS n")
 DELETE_TOKENS = ("MATCH (t:`Token`) WHERE t.`tokenizer` = $tokenizer "
                  "WITH t LIMIT $limit DETACH DELETE t RETURN count(*) AS deleted")
+# Texts that spell no token any more (their tokenizer's tokens are gone).
+DELETE_UNUSED_TEXTS = ("MATCH (x:`TokenText`) WHERE NOT EXISTS { MATCH (x)-[:`SPELLS`]->(:`Token`) } "
+                       "WITH x LIMIT $limit DELETE x RETURN count(*) AS deleted")
 DELETE_MODEL = "MATCH (m:`Model` {id: $model}) DETACH DELETE m RETURN count(*) AS deleted"
 # The model's ingest records (done markers, saved configuration): left behind, they would make
 # a new ingest under the same name skip the stages they mark done.
@@ -181,7 +184,7 @@ def model_meta_prefix(model_id: str) -> str:
 def statements() -> list[str]:
     """Every statement the base class sends (each engine adds its own)."""
     out = [MODEL_TOKENIZER, DETACH_RECORDS, USED_SNIPPETS, DELETE_SNIPPETS, TOKENIZER_SNIPPETS,
-           OTHER_MODELS_WITH_TOKENIZER, DELETE_TOKENS, DELETE_MODEL_META, DELETE_MODEL]
+           OTHER_MODELS_WITH_TOKENIZER, DELETE_TOKENS, DELETE_UNUSED_TEXTS, DELETE_MODEL_META, DELETE_MODEL]
     out += [node_count_query(nt.label) for nt in schema.NODES]
     out += [delete_by_model_query(nt) for nt in schema.NODES if nt.model_prop]
     out += [rel_count_query(rt.type) for rt in schema.RELS]
@@ -305,6 +308,7 @@ class Store(ABC):
             if tokenizer is not None and not self._count(OTHER_MODELS_WITH_TOKENIZER,
                                                          {"tokenizer": tokenizer, "model": model_id}):
                 deleted["Token"] += self._delete_all(DELETE_TOKENS, tokenizer=tokenizer)
+                deleted["TokenText"] += self._delete_all(DELETE_UNUSED_TEXTS)
                 # No model reads this tokenizer any more, so its unattached snippets (say,
                 # from an ingest killed before its records) can never be used.
                 ids = [row[0] for row in self._rows(TOKENIZER_SNIPPETS, {"tokenizer": tokenizer})]
