@@ -252,7 +252,10 @@ def build(store: Store, synth: Synth, log: Callable[[str], None]) -> dict[str, f
         log(f"  {name}: {len(df):,} rows in {timings[name]} s")
 
     write("node", "Model", synth.model())
-    write("node", "Token", synth.tokens())
+    tokens = synth.tokens()
+    write("node", "Token", tokens)
+    write("node", "TokenText", pd.DataFrame({"id": tokens["text"].unique()}))
+    write("rel", "SPELLS", pd.DataFrame({"src": tokens["text"], "dst": tokens["id"]}))
     write("node", "Neuron", synth.neurons())
     write("rel", "HAS_NEURON", (pd.DataFrame({"src": MODEL, "dst": synth.nid(layer, synth._idx())})
                                 for layer in range(synth.layers)))
@@ -268,6 +271,7 @@ def build(store: Store, synth: Synth, log: Callable[[str], None]) -> dict[str, f
     write("rel", "HAS_SCORE", parts[3])
     n2g = list(synth.n2g())
     write("node", "N2GNode", (f["N2GNode"] for f in n2g))
+    write("rel", "HAS_N2G_NODE", (f["N2GNode"][["neuron", "id"]].set_axis(["src", "dst"], axis=1) for f in n2g))
     for rel_type in ("N2G_ROOT", "N2G_PREV", "FIRES_ON", "CONTEXT"):
         write("rel", rel_type, (f[rel_type] for f in n2g))
     del n2g
