@@ -285,15 +285,16 @@ BUFFER_POOL_ENV = "NKB_BUFFER_POOL_MB"
 # that grows with the machine only raised the main job's peak RSS (6.8 GiB at a quarter of
 # 24 GB). The largest write of SmolLM2's main job, its 1.84 million activation records, goes in
 # COPYs sized to the pool (EmbeddedStore.bulk_batch_rows). Run alone, the lmhead and
-# activations stages peaked at 3.76 GiB with a 1.5 GiB pool (four COPYs) and at 3.60 GiB with
-# 1.25 GiB (five COPYs, 46 s instead of 31 s); a second model's records fit beside the first's
-# at 1.25 GiB too (scripts/bench_store_pool.py --trial 1280:5:2).
-DEFAULT_BUFFER_POOL_MB = 1280
+# activations stages peaked at 3.76 GiB with a 1.5 GiB pool (four COPYs), 3.60 GiB with 1.25
+# (five) and 3.38 GiB with 1 GiB (six), where the records' COPYs no longer set the peak and
+# took 46 s as with 1.25 GiB. A second model's records fit beside the first's at 1 GiB too, in
+# 35 s instead of 20 s at 1.25 GiB (scripts/bench_store_pool.py --trial 1024:6:2).
+DEFAULT_BUFFER_POOL_MB = 1024
 
 
 def buffer_pool_bytes() -> int:
     """The embedded engine's buffer pool: $NKB_BUFFER_POOL_MB, else ``buffer_pool_mb`` in the
-    config file, else DEFAULT_BUFFER_POOL_MB (1.25 GiB). Set explicitly
+    config file, else DEFAULT_BUFFER_POOL_MB (1 GiB). Set explicitly
     because LadybugDB's own default claims most of the machine's memory, which a process holding
     model weights and activation state cannot spare."""
     raw = os.environ.get(BUFFER_POOL_ENV)

@@ -706,8 +706,8 @@ class EmbeddedStore(Store):
     #: 0.46 GB of Arrow records (0.49 GB as the stage's frame) in one COPY failed a 1.5 GiB pool
     #: and fit 2 GiB when the engine wrote them alone (scripts/bench_store_pool.py); in the real
     #: ingest, COPYs of 813k rows (a sixth of a 1.25 GiB pool) failed in the checkpoint after the
-    #: second, four of 460k rows fit a 1.5 GiB pool and five of 390k a 1.25 GiB one. A COPY gets
-    #: at most this share of the pool, counted in the frame's bytes.
+    #: second, while four of 460k rows fit a 1.5 GiB pool, five of 390k 1.25 GiB and six of 310k
+    #: 1 GiB. A COPY gets at most this share of the pool, counted in the frame's bytes.
     copy_pool_share: int = 12
 
     def bulk_batch_rows(self, df: pd.DataFrame) -> int:
