@@ -287,8 +287,8 @@ BUFFER_POOL_ENV = "NKB_BUFFER_POOL_MB"
 # COPYs sized to the pool (EmbeddedStore.bulk_batch_rows). Run alone, the lmhead and
 # activations stages peaked at 3.76 GiB with a 1.5 GiB pool (four COPYs), 3.60 GiB with 1.25
 # (five) and 3.38 GiB with 1 GiB (six), where the records' COPYs no longer set the peak and
-# took 46 s as with 1.25 GiB. A second model's records fit beside the first's at 1 GiB too, in
-# 35 s instead of 20 s at 1.25 GiB (scripts/bench_store_pool.py --trial 1024:6:2).
+# took 46 s as with 1.25 GiB. A second model's records fit beside the first's at 1 GiB too
+# (30.4 s, 29.2 s at 1.25 GiB: bench-results/store-pool-small.json).
 DEFAULT_BUFFER_POOL_MB = 1024
 
 

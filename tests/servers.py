@@ -279,7 +279,7 @@ _FALKORDB_PARSE_ERROR = re.compile(r"^errMsg: (.*?)(?: errCtx: .*)?$", re.DOTALL
 
 #: Properties the relay leaves unindexed. FalkorDB's string indexes drop a value's leading and
 #: trailing whitespace, so a lookup of the token text " dog" through one finds nothing; without
-#: the index, the same lookup scans the label and compares the whole text, as Neo4j's index does.
+#: the index, the same lookup scans the label and compares the whole text.
 UNINDEXED = {("TokenText", "id"), ("Token", "text")}
 
 
