@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ingest.stages.model import spellings
+from ingest.stages.n2g import trie_members
 from kb import config, queries
 from kb.records import encode_activations
 from kb.stores import Store, open_store
@@ -254,8 +256,9 @@ def build(store: Store, synth: Synth, log: Callable[[str], None]) -> dict[str, f
     write("node", "Model", synth.model())
     tokens = synth.tokens()
     write("node", "Token", tokens)
-    write("node", "TokenText", pd.DataFrame({"id": tokens["text"].unique()}))
-    write("rel", "SPELLS", pd.DataFrame({"src": tokens["text"], "dst": tokens["id"]}))
+    texts, spells = spellings(tokens)
+    write("node", "TokenText", texts)
+    write("rel", "SPELLS", spells)
     write("node", "Neuron", synth.neurons())
     write("rel", "HAS_NEURON", (pd.DataFrame({"src": MODEL, "dst": synth.nid(layer, synth._idx())})
                                 for layer in range(synth.layers)))
@@ -271,7 +274,7 @@ def build(store: Store, synth: Synth, log: Callable[[str], None]) -> dict[str, f
     write("rel", "HAS_SCORE", parts[3])
     n2g = list(synth.n2g())
     write("node", "N2GNode", (f["N2GNode"] for f in n2g))
-    write("rel", "HAS_N2G_NODE", (f["N2GNode"][["neuron", "id"]].set_axis(["src", "dst"], axis=1) for f in n2g))
+    write("rel", "HAS_N2G_NODE", (trie_members(f["N2GNode"]) for f in n2g))
     for rel_type in ("N2G_ROOT", "N2G_PREV", "FIRES_ON", "CONTEXT"):
         write("rel", rel_type, (f[rel_type] for f in n2g))
     del n2g

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ingest.stages.model import spellings
+from ingest.stages.n2g import trie_members
 from kb.ids import neuron_id, token_id
 from kb.records import encode_activations
 
@@ -72,8 +74,7 @@ def make_small_kb() -> KB:
         for m, n in MODELS.items()
     ])
     kb.nodes["Token"] = tokens
-    kb.nodes["TokenText"] = pd.DataFrame({"id": tokens["text"].unique()})
-    kb.rels["SPELLS"] = pd.DataFrame({"src": tokens["text"], "dst": tokens["id"]})
+    kb.nodes["TokenText"], kb.rels["SPELLS"] = spellings(tokens)
 
     neurons, has = [], []
     for m, n_layers in MODELS.items():
@@ -223,7 +224,7 @@ def make_small_kb() -> KB:
                     prev.append({"src": child["id"], "dst": grand["id"]})
                     context.append({"src": nid, "dst": tid[gtext], "importance": grand["importance"]})
     kb.nodes["N2GNode"] = pd.DataFrame(n2g_nodes)
-    kb.rels["HAS_N2G_NODE"] = kb.nodes["N2GNode"][["neuron", "id"]].set_axis(["src", "dst"], axis=1)
+    kb.rels["HAS_N2G_NODE"] = trie_members(kb.nodes["N2GNode"])
     kb.rels["N2G_ROOT"] = pd.DataFrame(roots)
     kb.rels["N2G_PREV"] = pd.DataFrame(prev)
     kb.rels["FIRES_ON"] = pd.DataFrame(fires).drop_duplicates(["src", "dst"])

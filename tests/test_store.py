@@ -17,6 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from ingest.stages.model import spellings
+from ingest.stages.n2g import trie_members
 from kb import schema
 from kb.errors import (
     NkbError,
@@ -116,11 +118,12 @@ def make_kb(seed: int = SEED) -> dict[str, pd.DataFrame]:
         "is_end": True,
         "depth": 0,
     })
+    texts, spells = spellings(tokens)
     return {
         "Model": models,
         "Neuron": neurons,
         "Token": tokens,
-        "TokenText": pd.DataFrame({"id": tokens["text"].unique()}),
+        "TokenText": texts,
         "Snippet": snippets,
         "Explanation": explanations,
         "Score": scores,
@@ -131,8 +134,8 @@ def make_kb(seed: int = SEED) -> dict[str, pd.DataFrame]:
         "EXPLAINED_BY": pd.DataFrame({"src": explanations["neuron"], "dst": explanations["id"]}),
         "HAS_SCORE": pd.DataFrame({"src": explanations["id"], "dst": scores["id"]}),
         "N2G_ROOT": pd.DataFrame({"src": n2g["neuron"], "dst": n2g["id"]}),
-        "HAS_N2G_NODE": pd.DataFrame({"src": n2g["neuron"], "dst": n2g["id"]}),
-        "SPELLS": pd.DataFrame({"src": tokens["text"], "dst": tokens["id"]}),
+        "HAS_N2G_NODE": trie_members(n2g),
+        "SPELLS": spells,
         "SIMILAR_TO": pd.DataFrame({"src": neuron_ids["ma"], "dst": neuron_ids["mb"], "score": 0.5,
                                     "method": "output_weights", "rank": 0}),
     }

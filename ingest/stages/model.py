@@ -34,9 +34,9 @@ class ModelStage(Stage):
             "text": ctx.token_text,
         })
         report.rows += store.upsert_nodes("Token", tokens)
-        spelled = tokens[tokens["text"] != ""]  # padding rows decode to nothing: no way in by text
-        report.rows += store.upsert_nodes("TokenText", pd.DataFrame({"id": spelled["text"].unique()}))
-        report.rows += store.upsert_rels("SPELLS", pd.DataFrame({"src": spelled["text"], "dst": spelled["id"]}))
+        texts, spells = spellings(tokens)
+        report.rows += store.upsert_nodes("TokenText", texts)
+        report.rows += store.upsert_rels("SPELLS", spells)
         for layer in layers:
             ids = neuron_ids(ctx.model_id, layer, range(a.d_mlp))
             report.rows += store.upsert_nodes("Neuron", pd.DataFrame({
@@ -46,6 +46,14 @@ class ModelStage(Stage):
             report.rows += store.upsert_rels("HAS_NEURON", pd.DataFrame({"src": ctx.model_id, "dst": ids}))
             ctx.mark_done(self, layer, report)
         return report
+
+
+def spellings(tokens: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The TokenText nodes and SPELLS rows for Token rows (``id``, ``text``): one node per
+    distinct text, spelling each token. Padding rows decode to '': no way in by text."""
+    spelled = tokens[tokens["text"] != ""]
+    return (pd.DataFrame({"id": spelled["text"].unique()}),
+            pd.DataFrame({"src": spelled["text"], "dst": spelled["id"]}))
 
 
 def window_prefix(tokenizer) -> list[int]:

@@ -196,7 +196,7 @@ def graph_frames(model_id: str, layer: int, tokenizer_id: str, token_text: list[
     """The rows one layer's graphs are stored as, by label or relationship type."""
     from ingest.n2g.trie import WILDCARD
 
-    nodes, members, roots, prev, fires, context, neurons = [], [], [], [], [], [], []
+    nodes, roots, prev, fires, context, neurons = [], [], [], [], [], []
     for idx, trie in sorted(graphs.tries.items()):
         nid = NeuronId(model_id, layer, idx)
         nid_s = str(nid)
@@ -204,7 +204,6 @@ def graph_frames(model_id: str, layer: int, tokenizer_id: str, token_text: list[
             node_id = str(N2GNodeId(nid, path))
             nodes.append((node_id, nid_s, model_id, "*" if node.token == WILDCARD else token_text[node.token],
                           node.token, node.end, node.importance, node.end is not None, node.depth))
-            members.append((nid_s, node_id))
             if len(path) == 1:
                 roots.append((nid_s, node_id))
             else:
@@ -213,10 +212,11 @@ def graph_frames(model_id: str, layer: int, tokenizer_id: str, token_text: list[
         context += [(nid_s, tok, imp) for tok, imp in trie.context_tokens().items()]
         s = graphs.scores[idx]
         neurons.append((nid_s, s.precision, s.recall, s.f1))
+    n2g_nodes = pd.DataFrame(nodes, columns=["id", "neuron", "model", "token", "token_id", "activation",
+                                             "importance", "is_end", "depth"])
     frames = {
-        "N2GNode": pd.DataFrame(nodes, columns=["id", "neuron", "model", "token", "token_id", "activation",
-                                                "importance", "is_end", "depth"]),
-        "HAS_N2G_NODE": pd.DataFrame(members, columns=["src", "dst"]),
+        "N2GNode": n2g_nodes,
+        "HAS_N2G_NODE": trie_members(n2g_nodes),
         "N2G_ROOT": pd.DataFrame(roots, columns=["src", "dst"]),
         "N2G_PREV": pd.DataFrame(prev, columns=["src", "dst"]),
         "FIRES_ON": pd.DataFrame(fires, columns=["src", "dst", "activation"]),
@@ -226,6 +226,11 @@ def graph_frames(model_id: str, layer: int, tokenizer_id: str, token_text: list[
     for rel in ("FIRES_ON", "CONTEXT"):
         frames[rel]["dst"] = token_ids(tokenizer_id, frames[rel]["dst"])
     return frames
+
+
+def trie_members(n2g_nodes: pd.DataFrame) -> pd.DataFrame:
+    """HAS_N2G_NODE rows for N2GNode rows: each node from its own neuron."""
+    return pd.DataFrame({"src": n2g_nodes["neuron"], "dst": n2g_nodes["id"]})
 
 
 def write_layer(ctx: Context, layer: int, graphs: LayerGraphs) -> int:
