@@ -9,4 +9,5 @@ NKB_EXTRAS=ingest,vectors,test bash scripts/setup.sh
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} .venv/bin/python -m pip install -q -e ".[api-test]" \
   || echo "WARNING: llama-cpp-python[server] could not be built; the llama.cpp server tests will skip" >&2
 bash .ci/install-cypher-lint
+bash .ci/install-graphviz
 .venv/bin/python -m pytest "$@"

@@ -239,6 +239,8 @@ def test_search_fires_on_after(kb_path):
     assert {r["neuron"] for r in layered} == {n for n in dog if KB.neuron(n)["layer"] in (0, 2, 3)}
 
 
+@pytest.mark.skipif(shutil.which("dot") is None,
+                    reason="Graphviz's dot is not installed (scripts/test.sh installs it where it can)")
 def test_render_svg(kb_path, tmp_path):
     import xml.etree.ElementTree as ET
 
