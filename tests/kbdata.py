@@ -184,7 +184,8 @@ def make_small_kb() -> KB:
 
     # Neuron-to-Graph tries for every other neuron: 1-2 firing tokens (roots), each with
     # 1-2 context tokens one back and possibly one more two back. Neurons 0, 4, 8... fire on
-    # " dog": after " hot" when i % 8 == 0, after " the" otherwise.
+    # " dog": after " hot" when i % 8 == 0, after " the" otherwise (and those with a second root,
+    # i % 12 == 0, fire on it after the other one of the two).
     n2g_nodes, roots, prev, fires, context = [], [], [], [], []
     for i, nid in enumerate(ids):
         if i % 2:
@@ -204,6 +205,8 @@ def make_small_kb() -> KB:
             ctx_tokens = rng.sample([t for t in VOCAB if t not in (" hot", " the")], 2)[: 1 + i % 2]
             if text == " dog":
                 ctx_tokens = [" hot"] if i % 8 == 0 else [" the"]
+            elif firing[0] == " dog":  # the other root has the other context: a context counts under its own root
+                ctx_tokens = [" the"] if i % 8 == 0 else [" hot"]
             for ctext in ctx_tokens:
                 child_path = path + [VOCAB.index(ctext)]
                 child = {"id": f"{nid}/{'.'.join(map(str, child_path))}", "neuron": nid, "model": model,

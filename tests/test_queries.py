@@ -38,7 +38,7 @@ def neurons() -> pd.DataFrame:
 
 
 def token_rels(rel_type: str, token: str, model: str | None) -> pd.DataFrame:
-    tokens = KB.nodes["Token"][["id", "text"]]
+    tokens = KB.nodes["Token"][["id", "text", "token_id"]]
     df = KB.rels[rel_type].merge(tokens, left_on="dst", right_on="id").merge(neurons(), left_on="src", right_on="neuron")
     df = df[df["text"] == token]
     return df if model is None else df[df["model"] == model]
@@ -78,13 +78,14 @@ def exp_reads_token(p):
     return df.sort_values(["weight", "neuron", "via"], ascending=[False, True, True]).head(p.get("limit", 20))
 
 
-def _context_matches(nid: str, token: str, context: str, max_back: int = 1) -> int:
+def _context_matches(nid: str, token_id: int, context: str, max_back: int = 1) -> int:
+    """Nodes ``max_back`` steps back from neuron ``nid``'s root for token ``token_id`` that are ``context``."""
     nodes = KB.nodes["N2GNode"].set_index("id")
     roots = KB.rels["N2G_ROOT"]
     children = KB.rels["N2G_PREV"].groupby("src")["dst"].apply(list).to_dict()
     found = 0
     for root in roots[roots["src"] == nid]["dst"]:
-        if nodes.loc[root, "token"] != token:
+        if nodes.loc[root, "token_id"] != token_id:
             continue
         frontier = [root]
         for _ in range(max_back):
@@ -100,7 +101,8 @@ def exp_fires_on_token(p):
     if p.get("max_layer") is not None:
         df = df[df["layer"] <= p["max_layer"]]
     context = p.get("context")
-    df = df.assign(context_matches=[_context_matches(n, p["token"], context) if context else 0 for n in df["neuron"]])
+    df = df.assign(context_matches=[_context_matches(n, t, context) if context else 0
+                                    for n, t in zip(df["neuron"], df["token_id"])])
     if context:
         df = df[df["context_matches"] > 0]
     return df.sort_values(["activation", "neuron"], ascending=[False, True]).head(p.get("limit", 20))
