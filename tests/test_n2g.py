@@ -88,6 +88,34 @@ def test_pruning_and_saliency_match_brute_force(adapter, records, cfg):
     assert min(starts) == 0 and max(starts) >= 2, starts
 
 
+def test_augmentation_matches_brute_force(adapter, records):
+    """Each kept variant replaces one important token with an embedding neighbour, and keeps
+    at least augment_keep of the activation at the peak, each measured by a forward of its own."""
+    cfg = N2GConfig(mask_token=MASK, importance_threshold=0.3)
+    max_act = {r.neuron: max(x.max for x in records if x.neuron == r.neuron) for r in records}
+    near = EmbeddingNeighbours(adapter.model.get_input_embeddings().weight, 3)
+    keep: list = []
+    build_graphs(LayerRunner(adapter, LAYER, PREFIX, batch_tokens=256, pad_token=MASK), records, max_act, cfg,
+                 near, keep=keep)
+    tried = kept = 0
+    for r, q, sal, variants in keep:
+        base = float(sal.acts[r.position - q.start])
+        important = [q.start + j for j in np.flatnonzero(sal.importance[r.position] >= cfg.importance_threshold)]
+        want = []
+        for j in important:
+            for t in near([r.tokens[j]])[r.tokens[j]]:
+                ctx = list(r.tokens[q.start: r.position + 1])
+                ctx[j - q.start] = t
+                a = float(acts_of(adapter, tuple(ctx))[-1, r.neuron])
+                tried += 1
+                if base > 0 and a >= cfg.augment_keep * base:
+                    want.append((j, t, a))
+        assert [(v.position, v.token) for v in variants] == [(j, t) for j, t, _ in want]
+        np.testing.assert_allclose([v.activation for v in variants], [a for _, _, a in want], rtol=1e-3, atol=1e-4)
+        kept += len(want)
+    assert 0 < kept < tried, (kept, tried)  # not vacuous: some variants kept, some dropped
+
+
 def test_batched_and_per_neuron_runs_build_identical_graphs(adapter, records):
     cfg = N2GConfig(mask_token=MASK, importance_threshold=0.3)
     max_act = {r.neuron: max(x.max for x in records if x.neuron == r.neuron) for r in records}

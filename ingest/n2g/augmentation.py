@@ -17,6 +17,7 @@ pruned example's.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -74,15 +75,22 @@ def augment(records: Sequence[Record], pruned: Sequence[Pruned], salient: Sequen
         k = j - q.start
         return ctx[:k] + (t,) + ctx[k + 1:]
 
-    acts = runner.run(variant(r, q, j, t) for r, q, js in zip(records, pruned, important)
-                      for j in js for t in near[r.tokens[j]])
+    wanted: dict[tuple[int, ...], list[tuple[int, int, int]]] = defaultdict(list)  # variant -> (record, j, t)
+    for k, (r, q, js) in enumerate(zip(records, pruned, important)):
+        for j in js:
+            for t in near[r.tokens[j]]:
+                wanted[variant(r, q, j, t)].append((k, j, t))
+    peak: list[dict[tuple[int, int], float]] = [{} for _ in records]  # the runner streams: keep one value each
+    for seq, acts in runner.each(wanted):
+        for k, j, t in wanted[seq]:
+            peak[k][j, t] = float(acts[-1, records[k].neuron])
     out = []
-    for r, q, sal, js in zip(records, pruned, salient, important):
+    for r, q, sal, js, peak_k in zip(records, pruned, salient, important, peak):
         base = float(sal.acts[r.position - q.start])
         kept = []
         for j in js:
             for t in near[r.tokens[j]]:
-                a = float(acts[variant(r, q, j, t)][-1, r.neuron])
+                a = peak_k[j, t]
                 if base > 0 and a >= cfg.augment_keep * base:
                     kept.append(Variant(j, t, a))
         out.append(kept)

@@ -51,19 +51,21 @@ def prune(records: Sequence[Record], runner, cfg: N2GConfig) -> list[Pruned]:
         for k in pending:
             r = records[k]
             groups[(r.tokens, max(0, r.position - length + 1), r.position)].append(k)
-        acts = runner.run(tokens[s: p + 1] for tokens, s, p in groups)
-        pending = []
+        by_seq: dict[tuple[int, ...], list[tuple[int, list[int]]]] = defaultdict(list)
         for (tokens, s, p), ks in groups.items():
-            a = acts[tokens[s: p + 1]]
-            neurons = np.fromiter((records[k].neuron for k in ks), dtype=np.int64, count=len(ks))
-            peak = a[-1, neurons]
-            before = a[:-1, neurons].max(axis=0) if len(a) > 1 else np.full(len(ks), -np.inf, dtype=np.float32)
-            last_try = s == 0 or length >= cfg.cutoff
-            for k, a_p, b in zip(ks, peak.tolist(), before.tolist()):
-                r = records[k]
-                if last_try or (a_p > b and a_p >= cfg.prune_threshold * r.max):
-                    scale = r.max / a_p if a_p > 0 else 1.0
-                    out[k] = Pruned(s, min(len(r.tokens), r.position + 1 + cfg.post_context), scale)
-                else:
-                    pending.append(k)
+            by_seq[tokens[s: p + 1]].append((s, ks))
+        pending = []
+        for seq, a in runner.each(by_seq):
+            for s, ks in by_seq[seq]:
+                neurons = np.fromiter((records[k].neuron for k in ks), dtype=np.int64, count=len(ks))
+                peak = a[-1, neurons]
+                before = a[:-1, neurons].max(axis=0) if len(a) > 1 else np.full(len(ks), -np.inf, dtype=np.float32)
+                last_try = s == 0 or length >= cfg.cutoff
+                for k, a_p, b in zip(ks, peak.tolist(), before.tolist()):
+                    r = records[k]
+                    if last_try or (a_p > b and a_p >= cfg.prune_threshold * r.max):
+                        scale = r.max / a_p if a_p > 0 else 1.0
+                        out[k] = Pruned(s, min(len(r.tokens), r.position + 1 + cfg.post_context), scale)
+                    else:
+                        pending.append(k)
     return out  # type: ignore[return-value]

@@ -1,8 +1,11 @@
 """Shared forward passes: one forward of a variant sequence yields every neuron of a layer.
 
-``LayerRunner.run`` takes any number of token sequences (tuples of ids, without the window
-prefix) and returns, for each, the layer's MLP activations at every position, [len, d_mlp]
-float32. It puts ``prefix`` (``Model.window_prefix``: the BOS the activation pass put before
+``LayerRunner.each`` takes any number of token sequences (tuples of ids, without the window
+prefix) and yields, for each, the layer's MLP activations at every position, [len, d_mlp]
+float32, one forward batch at a time: what the caller keeps of them (N2G keeps one neuron's
+column) is all that stays in memory, so the memory does not grow with the number of
+sequences times d_mlp (14,336 at Llama-3.1-8B's width). ``run`` returns them all at once, for
+small sets. It puts ``prefix`` (``Model.window_prefix``: the BOS the activation pass put before
 every window) before each sequence and drops its positions from the result, exactly as the
 activation records were made, and stops the forward at the hooked layer (later layers and
 the LM head would be wasted work).
@@ -29,7 +32,7 @@ ways and comparing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -53,16 +56,22 @@ class LayerRunner:
         self.forwards = 0
 
     def run(self, seqs: Iterable[Sequence[int]]) -> dict[tuple[int, ...], np.ndarray]:
+        """Every distinct non-empty sequence's activations, all held at once (``each`` streams them)."""
+        return dict(self.each(seqs))
+
+    def each(self, seqs: Iterable[Sequence[int]]) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+        """(sequence, its activations [len, d_mlp] float32) for every distinct non-empty sequence,
+        in no particular order. The arrays may be views of one batch's output: copy what is kept."""
         wanted = {tuple(int(t) for t in s) for s in seqs}
         wanted.discard(())
         if not wanted:
-            return {}
+            return
         if self.tree is None:
             self.tree = self._tree_works()
-        return self._run_tree(wanted) if self.tree else self._run_plain(wanted)
+        yield from self._each_tree(wanted) if self.tree else self._each_plain(wanted)
 
     # -- plain mode ---------------------------------------------------------------------
-    def _run_plain(self, wanted: set[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
+    def _each_plain(self, wanted: set[tuple[int, ...]]) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
         ordered = sorted(wanted)
         # In lexicographic order every sequence that extends s comes right after s, so s is a
         # prefix of another exactly when it is a prefix of its successor; chains resolve backwards.
@@ -71,8 +80,10 @@ class LayerRunner:
             s = ordered[k]
             nxt = ordered[k + 1] if k + 1 < len(ordered) else None
             owner[s] = owner[nxt] if nxt is not None and nxt[: len(s)] == s else s
-        longest = sorted({o for o in owner.values()}, key=len)
-        acts: dict[tuple[int, ...], np.ndarray] = {}
+        owned: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        for s, o in owner.items():
+            owned.setdefault(o, []).append(s)
+        longest = sorted(owned, key=len)
         p = len(self.prefix)
         for batch in self._batches([len(s) + p for s in longest]):
             rows = [longest[k] for k in batch]
@@ -81,9 +92,9 @@ class LayerRunner:
             for row, s in enumerate(rows):
                 ids[row, : p + len(s)] = torch.tensor(self.prefix + s, dtype=torch.int64)
             out = self._forward(ids, tokens=sum(p + len(s) for s in rows))
-            for row, s in enumerate(rows):
-                acts[s] = out[row, p: p + len(s)]
-        return {s: acts[o][: len(s)] for s, o in owner.items()}
+            for row, o in enumerate(rows):
+                for s in owned[o]:
+                    yield s, out[row, p: p + len(s)]
 
     def _batches(self, widths: list[int]) -> Iterable[list[int]]:
         """Indices of ``widths`` (sorted ascending) in batches: a batch ends at the token budget,
@@ -100,7 +111,7 @@ class LayerRunner:
             start = end
 
     # -- tree mode ----------------------------------------------------------------------
-    def _run_tree(self, wanted: set[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
+    def _each_tree(self, wanted: set[tuple[int, ...]]) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
         # The trie: node 0 is the (virtual) root after the prefix; nodes are numbered in order
         # of creation, so a parent's number is below its children's.
         tokens, parent, depth = [0], [-1], [0]
@@ -143,34 +154,45 @@ class LayerRunner:
 
         # Rows: units packed next-fit, the longest first, then rows batched by width.
         units.sort(key=len, reverse=True)
-        rows: list[list[list[int]]] = []
+        # A sequence is read from the first unit that holds its last node: every unit that
+        # holds a node holds the node's ancestors too (the path above it, or its subtree's).
+        ending: dict[int, list[tuple[int, ...]]] = {}
+        for s, path in paths.items():
+            ending.setdefault(path[-1], []).append(s)
+        read_in: dict[int, list[tuple[int, ...]]] = {}
+        for u, unit in enumerate(units):
+            for node in unit:
+                if node in ending:
+                    read_in.setdefault(u, []).extend(ending.pop(node))
+        assert not ending, "a sequence's last node is in no unit"
+        rows: list[list[int]] = []  # unit indices
         fill = cap + 1
-        for unit in units:
+        for u, unit in enumerate(units):
             if fill + len(unit) > cap:
                 rows.append([])
                 fill = 0
-            rows[-1].append(unit)
+            rows[-1].append(u)
             fill += len(unit)
-        rows.sort(key=lambda r: sum(map(len, r)))
-        widths = [p + sum(map(len, r)) for r in rows]
-        acts: np.ndarray | None = None
+        rows.sort(key=lambda r: sum(len(units[u]) for u in r))
+        widths = [p + sum(len(units[u]) for u in r) for r in rows]
         for batch in self._batches(widths):
             width = widths[batch[-1]]
             n = len(batch)
             ids = torch.full((n, width), self.pad_token, dtype=torch.int64)
             pos = torch.zeros((n, width), dtype=torch.int64)
             allow = np.zeros((n, width, width), dtype=bool)
-            where: list[tuple[int, int, int]] = []  # (node, row, column)
+            reads: list[tuple[int, dict[int, int], list[tuple[int, ...]]]] = []  # (row, node -> column, sequences)
             for row, k in enumerate(batch):
                 col_ids, col_pos, col_parent = list(self.prefix), list(range(p)), list(range(-1, p - 1))
-                for unit in rows[k]:
+                for u in rows[k]:
                     local: dict[int, int] = {}
-                    for node in unit:
+                    for node in units[u]:
                         local[node] = len(col_ids)
                         col_parent.append(local.get(parent[node], p - 1))
                         col_ids.append(tokens[node])
                         col_pos.append(p + depth[node] - 1)
-                        where.append((node, row, local[node]))
+                    if u in read_in:
+                        reads.append((row, local, read_in[u]))
                 m = len(col_ids)
                 ids[row, :m] = torch.tensor(col_ids, dtype=torch.int64)
                 pos[row, :m] = torch.tensor(col_pos, dtype=torch.int64)
@@ -184,13 +206,9 @@ class LayerRunner:
             mask = torch.zeros((n, 1, width, width), dtype=self.dtype)
             mask.masked_fill_(~torch.from_numpy(allow)[:, None], torch.finfo(self.dtype).min)
             out = self._forward(ids, tokens=sum(widths[k] for k in batch), mask=mask, positions=pos)
-            if acts is None:
-                acts = np.empty((len(tokens), out.shape[-1]), dtype=np.float32)
-            node_idx, row_idx, col_idx = (np.fromiter((w[i] for w in where), dtype=np.int64, count=len(where))
-                                          for i in range(3))
-            acts[node_idx] = out[row_idx, col_idx]
-        assert acts is not None
-        return {s: acts[path] for s, path in paths.items()}
+            for row, local, seqs in reads:
+                for s in seqs:
+                    yield s, out[row, [local[node] for node in paths[s]]]
 
     def _tree_works(self) -> bool:
         """Whether tree mode reproduces plain forwards on this model (a probe of two short,
@@ -199,8 +217,8 @@ class LayerRunner:
         a, b, c, d = (min(t, vocab - 1) for t in (11, 12, 13, 14))
         probe = {(a, b, c), (a, d), (a, b, d, c)}
         try:
-            plain = self._run_plain(probe)
-            tree = self._run_tree(probe)
+            plain = dict(self._each_plain(probe))
+            tree = dict(self._each_tree(probe))
         except Exception:  # noqa: BLE001 - a model that refuses the mask or positions runs plain
             return False
         finally:

@@ -12,6 +12,7 @@ neuron whose pruned example has the same tokens.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,29 +35,36 @@ def masked(tokens: tuple[int, ...], j: int, mask: int) -> tuple[int, ...]:
 
 def saliency(records: Sequence[Record], pruned: Sequence[Pruned], runner, cfg: N2GConfig,
              max_act: dict[int, float]) -> list[Salient]:
-    plain = runner.run(r.tokens[q.start: q.end] for r, q in zip(records, pruned))
+    # The runner streams [len, d_mlp] arrays; each record keeps its own neuron's column only.
+    contexts: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for k, (r, q) in enumerate(zip(records, pruned)):
+        contexts[r.tokens[q.start: q.end]].append(k)
+    plain: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(records)
+    for seq, acts in runner.each(contexts):
+        for k in contexts[seq]:
+            plain[k] = acts[:, records[k].neuron].copy()
     firing: list[list[int]] = []
-    wanted: set[tuple[int, ...]] = set()
-    for r, q in zip(records, pruned):
-        a = plain[r.tokens[q.start: q.end]][:, r.neuron]
-        norm = a * q.scale / max_act[r.neuron]
+    wanted: dict[tuple[int, ...], list[tuple[int, int]]] = defaultdict(list)  # masked context -> (record, j)
+    rows: list[np.ndarray] = []  # per record, [j, i]: activation at i with token j masked
+    for k, (r, q) in enumerate(zip(records, pruned)):
+        norm = plain[k] * q.scale / max_act[r.neuron]
         fire = [r.position] + [q.start + i for i in np.flatnonzero(norm >= cfg.activation_threshold).tolist()
                                if q.start + i != r.position]
         firing.append(fire)
-        last = max(fire)
-        ctx = r.tokens[q.start: last + 1]
-        wanted.update(masked(ctx, j, cfg.mask_token) for j in range(len(ctx)))
-    hidden = runner.run(wanted)
-    out = []
-    for r, q, fire in zip(records, pruned, firing):
-        a = plain[r.tokens[q.start: q.end]][:, r.neuron]
         ctx = r.tokens[q.start: max(fire) + 1]
-        rows = np.stack([hidden[masked(ctx, j, cfg.mask_token)][:, r.neuron] for j in range(len(ctx))])  # [j, i]
+        rows.append(np.empty((len(ctx), len(ctx)), dtype=np.float32))
+        for j in range(len(ctx)):
+            wanted[masked(ctx, j, cfg.mask_token)].append((k, j))
+    for seq, acts in runner.each(wanted):
+        for k, j in wanted[seq]:
+            rows[k][j] = acts[:, records[k].neuron]
+    out = []
+    for r, q, fire, a, rows_k in zip(records, pruned, firing, plain, rows):
         importance = {}
         for i in fire:
             col = i - q.start
             base = float(a[col])
-            imp = 1.0 - rows[: col + 1, col] / base if base > 0 else np.zeros(col + 1, dtype=np.float32)
+            imp = 1.0 - rows_k[: col + 1, col] / base if base > 0 else np.zeros(col + 1, dtype=np.float32)
             importance[i] = imp.astype(np.float32)
         out.append(Salient(a, fire, importance))
     return out
