@@ -88,6 +88,15 @@ def test_pruning_and_saliency_match_brute_force(adapter, records, cfg):
     assert min(starts) == 0 and max(starts) >= 2, starts
 
 
+def test_chunks_are_whole_snippets_of_at_least_the_budget():
+    from ingest.n2g.driver import _chunks
+
+    snippets = [[(i, j) for j in range(n)] for i, n in enumerate([3, 1, 5, 2, 2, 7, 1])]
+    chunks = list(_chunks(snippets, 4))
+    assert [len(c) for c in chunks] == [4, 5, 4, 7, 1]  # 3+1, 5, 2+2, 7, then what is left
+    assert [r for c in chunks for r in c] == [r for s in snippets for r in s]
+
+
 def test_augmentation_matches_brute_force(adapter, records):
     """Each kept variant replaces one important token with an embedding neighbour, and keeps
     at least augment_keep of the activation at the peak, each measured by a forward of its own."""

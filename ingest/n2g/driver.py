@@ -1,7 +1,10 @@
 """Build every neuron's N2G graph for one layer, with forward passes shared across neurons.
 
-Training records are processed snippet by snippet, a chunk of snippets at a time (bounding
-memory): all records of all neurons in a chunk are pruned together (one batch of truncations
+Training records are processed snippet by snippet, a chunk of whole snippets at a time,
+about ``chunk_records`` records (bounding memory: what a chunk asks the runner for grows with
+its records, and a snippet holds more records the more neurons a layer has, ~15 for
+SmolLM2-135M's 1,536 over 65,536 tokens, ~1,100 for an 8B-wide layer's 14,336 over 8,192):
+all records of all neurons in a chunk are pruned together (one batch of truncations
 per round), then their saliencies (one batch of maskings), then their augmentations (one batch
 of substitutions). ``LayerRunner`` runs each distinct sequence once for all neurons, and the
 prefixes the sequences share once for all of them.
@@ -52,7 +55,7 @@ def record_lines(r: Record, q: Pruned, sal: Salient, variants: Sequence[Variant]
 
 
 def build_graphs(runner, records: Sequence[Record], max_act: dict[int, float], cfg: N2GConfig,
-                 neighbours: EmbeddingNeighbours, *, chunk_snippets: int = 32,
+                 neighbours: EmbeddingNeighbours, *, chunk_records: int = 512,
                  progress: Callable[[int], None] | None = None, keep: list | None = None) -> dict[int, Trie]:
     """One trie per neuron that has records. ``keep``, when given, receives every record's
     (record, pruned, salient, variants) (tests compare them with a brute-force computation)."""
@@ -60,9 +63,7 @@ def build_graphs(runner, records: Sequence[Record], max_act: dict[int, float], c
     by_snippet: dict[tuple[int, ...], list[Record]] = defaultdict(list)
     for r in records:
         by_snippet[r.tokens].append(r)
-    snippets = list(by_snippet)
-    for start in range(0, len(snippets), chunk_snippets):
-        chunk = [r for s in snippets[start:start + chunk_snippets] for r in by_snippet[s]]
+    for chunk in _chunks(by_snippet.values(), chunk_records):
         pruned = prune(chunk, runner, cfg)
         salient = saliency(chunk, pruned, runner, cfg, max_act)
         variants = augment(chunk, pruned, salient, runner, cfg, neighbours)
@@ -74,6 +75,18 @@ def build_graphs(runner, records: Sequence[Record], max_act: dict[int, float], c
         if progress is not None:
             progress(len(chunk))
     return tries
+
+
+def _chunks(snippets: Iterable[list[Record]], size: int) -> Iterable[list[Record]]:
+    """Whole snippets' records, in chunks of at least ``size`` records (the last one may be smaller)."""
+    chunk: list[Record] = []
+    for records in snippets:
+        chunk.extend(records)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def evaluate(trie: Trie, test: Iterable[tuple[Sequence[int], np.ndarray]], threshold: float,

@@ -36,7 +36,14 @@ RECORDS_QUERY = """
 MATCH (n:Neuron)-[a:ACTIVATES_ON]->(s:Snippet)
 WHERE n.model = $model AND n.layer = $layer AND (a.kind = 'top' OR a.kind = 'random')
 RETURN n.idx AS idx, n.max_act AS max_act, a.kind AS kind, a.rank AS rank, a.max AS max,
-       a.position AS position, a.activations AS activations, s.token_ids AS token_ids
+       a.position AS position, a.activations AS activations, s.id AS snippet
+"""
+# A layer's records share a few snippets (every neuron's top records come from the same
+# corpus): their tokens are read once each, not once per record.
+SNIPPETS_QUERY = """
+MATCH (n:Neuron)-[a:ACTIVATES_ON]->(s:Snippet)
+WHERE n.model = $model AND n.layer = $layer AND (a.kind = 'top' OR a.kind = 'random')
+RETURN DISTINCT s.id AS snippet, s.token_ids AS token_ids
 """
 
 
@@ -148,6 +155,8 @@ def read_layer(store, model_id: str, layer: int, n_neurons: int | None = None) -
     from kb.records import decode_activations
 
     df = store.cypher(RECORDS_QUERY, {"model": model_id, "layer": layer})
+    snippets = store.cypher(SNIPPETS_QUERY, {"model": model_id, "layer": layer})
+    tokens_of = {s: tuple(int(t) for t in ids) for s, ids in zip(snippets["snippet"], snippets["token_ids"])}
     data = LayerData()
     if n_neurons is not None:
         df = df[df["idx"] < n_neurons]
@@ -156,7 +165,7 @@ def read_layer(store, model_id: str, layer: int, n_neurons: int | None = None) -
     for row in df.itertuples(index=False):
         idx = int(row.idx)
         data.max_act[idx] = float(row.max_act)
-        tokens = tuple(int(t) for t in row.token_ids)
+        tokens = tokens_of[row.snippet]
         norm = decode_activations(row.activations) / float(row.max_act)
         if row.kind == "top" and row.rank % 2 == 0:
             if row.max > 0:
