@@ -97,6 +97,18 @@ def test_chunks_are_whole_snippets_of_at_least_the_budget():
     assert [r for c in chunks for r in c] == [r for s in snippets for r in s]
 
 
+def test_embedding_neighbours_block_by_block_equal_the_whole_matrix():
+    torch.manual_seed(0)
+    e = torch.randn(100, 16).to(torch.bfloat16)
+    unit = e.float() / e.float().norm(dim=1, keepdim=True)
+    sim = unit @ unit.T
+    sim.fill_diagonal_(-torch.inf)
+    sim[:, 3] = -torch.inf  # excluded
+    want = sim.topk(4, dim=1).indices.tolist()
+    got = EmbeddingNeighbours(e, 4, exclude=[3], block=7)(range(100))  # 15 blocks
+    assert [list(got[t]) for t in range(100)] == want
+
+
 def test_augmentation_matches_brute_force(adapter, records):
     """Each kept variant replaces one important token with an embedding neighbour, and keeps
     at least augment_keep of the activation at the peak, each measured by a forward of its own."""
