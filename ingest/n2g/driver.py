@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from ingest.memory import trim
 from ingest.n2g.augmentation import EmbeddingNeighbours, Variant, augment
 from ingest.n2g.config import N2GConfig
 from ingest.n2g.evaluation import Scores, TokenLookup, firing_scores
@@ -74,6 +75,7 @@ def build_graphs(runner, records: Sequence[Record], max_act: dict[int, float], c
                 keep.append((r, q, sal, var))
         if progress is not None:
             progress(len(chunk))
+        trim()  # a chunk's arrays are freed: give the heap back before the next one fragments it
     return tries
 
 
