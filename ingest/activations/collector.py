@@ -11,9 +11,10 @@ hook only copies their activations as their batch goes by. Only the top records 
 selection during the pass; on CPU the hook gathers the (window, neuron) pairs that beat the
 neuron's current k-th max and merges them in bulk once per group of windows (or earlier,
 when many are waiting); on CUDA a dense merge runs every batch, because a sparse one would
-synchronise the device at every ``nonzero``. The hook runs on torch's threads, as the model
-does: on a quiet 2-core machine, holding it to one thread made the whole pass 10-15 % slower
-(``scripts/bench_ingest.py --tokens 8192``).
+synchronise the device at every ``nonzero``. On CPU the hook's own work runs on one thread:
+it is a few dozen small operations per layer, and on a busy machine every multi-threaded
+one can wait a scheduler time slice for its second thread, which costs far more than the
+parallelism saves.
 """
 
 from __future__ import annotations
@@ -124,8 +125,10 @@ class ActivationCollector:
         self.dtype = dtype
         self.n_windows = int(n_windows)
         self.windows_done = 0
-        # CPU: sparse bulk merges. CUDA: dense merges that never synchronise.
+        # CPU: sparse bulk merges, hook work on one thread (see the module docstring).
+        # CUDA: dense merges that never synchronise; threads are irrelevant there.
         self._sparse = self.device.type == "cpu"
+        self._hook_threads: int | None = 1 if self.device.type == "cpu" else None
         d = adapter.d_mlp
         self._wait_limit = max(4 * d, d * cfg.top_k // 2)  # candidate pairs held before a merge
         model = adapter.model
@@ -189,7 +192,7 @@ class ActivationCollector:
         handles = []
         for layer in self.layers:
             def hook(module, args, layer=layer):
-                self._observe_batch(self._state[layer], args[0])
+                self._observe(self._state[layer], args[0])
                 if layer == last:
                     raise _StopForward
             handles.append(self.adapter.neuron_module(layer).register_forward_pre_hook(hook))
@@ -202,6 +205,18 @@ class ActivationCollector:
             for h in handles:
                 h.remove()
         self.windows_done += batch
+
+    def _observe(self, st: LayerState, x: torch.Tensor) -> None:
+        threads = self._hook_threads
+        if threads is None:
+            self._observe_batch(st, x)
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            self._observe_batch(st, x)
+        finally:
+            torch.set_num_threads(before)
 
     def _observe_batch(self, st: LayerState, x: torch.Tensor) -> None:
         """Fold one layer's activations [B, (1 +) window, d_mlp] into its state."""
