@@ -39,12 +39,8 @@ RETURN n.idx AS idx, n.max_act AS max_act, a.kind AS kind, a.rank AS rank, a.max
        a.position AS position, a.activations AS activations, s.id AS snippet
 """
 # A layer's records share a few snippets (every neuron's top records come from the same
-# corpus): their tokens are read once each, not once per record.
-SNIPPETS_QUERY = """
-MATCH (n:Neuron)-[a:ACTIVATES_ON]->(s:Snippet)
-WHERE n.model = $model AND n.layer = $layer AND (a.kind = 'top' OR a.kind = 'random')
-RETURN DISTINCT s.id AS snippet, s.token_ids AS token_ids
-"""
+# corpus): their tokens are read once each, by key, not once per record.
+SNIPPETS_QUERY = "MATCH (s:Snippet) WHERE s.id IN $ids RETURN s.id AS snippet, s.token_ids AS token_ids"
 
 
 class N2GStage(Stage):
@@ -155,7 +151,7 @@ def read_layer(store, model_id: str, layer: int, n_neurons: int | None = None) -
     from kb.records import decode_activations
 
     df = store.cypher(RECORDS_QUERY, {"model": model_id, "layer": layer})
-    snippets = store.cypher(SNIPPETS_QUERY, {"model": model_id, "layer": layer})
+    snippets = store.cypher(SNIPPETS_QUERY, {"ids": sorted(set(df["snippet"]))})
     tokens_of = {s: tuple(int(t) for t in ids) for s, ids in zip(snippets["snippet"], snippets["token_ids"])}
     data = LayerData()
     if n_neurons is not None:
