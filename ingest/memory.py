@@ -232,15 +232,15 @@ def lmhead_chunk_bytes(shape: Shape) -> int:
 def pass_parts(shape: Shape, s: Settings) -> tuple[dict[str, int], int]:
     """(fixed parts, bytes per layer) of the activation pass."""
     from ingest.activations import RecordConfig, buffer_bytes
+    from ingest.activations.collector import wait_capacity
     from ingest.activations.keys import plan_scratch_bytes
 
     cfg = RecordConfig(top_k=s.top_k, n_random=s.n_random, n_quantiles=s.n_quantiles, per_quantile=s.per_quantile)
     d, b, t = shape.d_mlp, s.batch_size, s.window + (1 if s.bos else 0)
     forward = shape.dtype_bytes * (b * t * (4 * d + 8 * shape.d_model) + 2 * b * shape.n_heads * t * t)
     # The hook's float32 copy and scratch of one layer's activations, its partials, and the
-    # top-record candidates waiting for a merge (twice, while they are merged).
-    wait = max(4 * d, d * s.top_k // 2)
-    hook = 4 * (2 * b * t * d + 5 * b * d) + 2 * wait * (4 * s.window + 32)
+    # copies a merge makes of one layer's waiting top-record candidates (which buffer_bytes holds).
+    hook = 4 * (2 * b * t * d + 5 * b * d) + wait_capacity(d, cfg) * (4 * s.window + 32)
     planner = plan_scratch_bytes(d, cfg.boundary_sample if s.n_quantiles else max(s.n_random, 1), s.n_windows)
     # One layer's records: the buffers' sorted copies and the frame's float32 block, the stacked
     # copy the stage encodes, base64 float16 strings, id strings; pandas and the store copy again.

@@ -154,10 +154,10 @@ def test_8b_activation_pass_is_split_and_smollm2_fits_one_pass_at_4g():
     p = memory.plan(LLAMA_8B, layers, memory.Settings(), stages=STAGES, budget=24 * GIB, buffer_pool=GIB)
     assert len(p.groups) > 1 and p.peak() <= 24 * GIB
     assert sorted(sum(p.groups, [])) == layers
-    # SmolLM2-135M at the defaults: all 30 layers in one pass need about 33 MB each (records
-    # kept as float16; 52 MB in float32).
+    # SmolLM2-135M at the defaults: all 30 layers in one pass need about 37 MB each (records
+    # kept as float16, 33 MB; 52 MB in float32; and 4 MB of top-record candidates).
     smol = memory.plan(SMOLLM2, list(range(30)), memory.Settings(), stages=STAGES, budget=None, buffer_pool=GIB)
-    assert 35 * 2**20 > smol.per_layer > 30 * 2**20
+    assert 39 * 2**20 > smol.per_layer > 35 * 2**20
     assert 3 * GIB < smol.peak(30) < 5 * GIB
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ingest.activations.buffers import Planned, TopK
+from ingest.activations.buffers import Candidates, Planned, TopK
 from ingest.activations.config import LayerResults, RecordConfig, refuse_checkpoint
 from ingest.activations.frames import boundaries, quantile_records, records
 from ingest.activations.keys import key_values, plan_windows, value_keys
@@ -41,13 +41,12 @@ class LayerState:
 
     _RECORDS = ("top", "random", "reservoir", "boundary")
 
-    def __init__(self, layer: int, d: int, window: int, cfg: RecordConfig, device: torch.device, n_windows: int):
+    def __init__(self, layer: int, d: int, window: int, cfg: RecordConfig, device: torch.device, n_windows: int,
+                 waiting: int):
         self.stats = RunningStats(d, device)
         self.top = TopK(d, cfg.top_k, window, device)
         self.top_bar = key_values(self.top.smallest)  # float32 [d]: the k-th max, as of the last merge
-        # Top-record candidates waiting for a bulk merge (CPU): (neuron, window, max, activations).
-        self.waiting: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.n_waiting = 0
+        self.waiting = Candidates(waiting, window, device)  # top-record candidates for the next bulk merge (CPU)
         nq = cfg.n_quantiles > 0
         sizes = {"random": cfg.n_random, "quantile": cfg.reservoir if nq else 0,
                  "boundary": cfg.boundary_sample if nq else 0}
@@ -76,20 +75,25 @@ class _StopForward(Exception):
     """Raised by the last requested layer's hook: the rest of the forward pass is not needed."""
 
 
-def buffer_bytes(d_mlp: int, window: int, cfg: RecordConfig) -> int:
-    """Memory the collector holds per layer on its device, whatever the corpus size: 33 MB for
-    SmolLM2-135M (d_mlp 1536) at window 64 and the default records, half of it the quantile
-    reservoir."""
+def wait_capacity(d_mlp: int, cfg: RecordConfig) -> int:
+    """Top-record candidates a layer holds before a bulk merge (CPU): 10 per neuron at the defaults."""
+    return max(4 * d_mlp, d_mlp * cfg.top_k // 2)
+
+
+def buffer_bytes(d_mlp: int, window: int, cfg: RecordConfig, *, sparse: bool = True) -> int:
+    """Memory the collector holds per layer on its device, whatever the corpus size: 37 MB for
+    SmolLM2-135M (d_mlp 1536) at window 64 and the default records on CPU (``sparse``; 33 MB
+    on CUDA, which merges every batch), 13.5 MB of it the quantile reservoir."""
     record = 2 * window + 4 + 4  # float16 activations of one record, its max and its position
     q = cfg.n_quantiles > 0
-    per_neuron = (
+    waiting = wait_capacity(d_mlp, cfg) * (3 * 8 + 4 * window) if sparse else 0
+    return waiting + d_mlp * (
         cfg.top_k * (8 + 8 + record)  # key, window, record
         + (cfg.n_random + (cfg.reservoir if q else 0)) * (4 + 4 + record)  # planned window and slot, record
         + (cfg.boundary_sample if q else 0) * (4 + 4 + 4)  # planned window and slot, window max
         + 3 * 8 + 3 * 4  # totals
         + 5 * GROUP * 4  # the current group's per-window partials
     )
-    return d_mlp * per_neuron
 
 
 class ActivationCollector:
@@ -130,13 +134,13 @@ class ActivationCollector:
         self._sparse = self.device.type == "cpu"
         self._hook_threads: int | None = 1 if self.device.type == "cpu" else None
         d = adapter.d_mlp
-        self._wait_limit = max(4 * d, d * cfg.top_k // 2)  # candidate pairs held before a merge
         model = adapter.model
         param = next(model.parameters())
         if param.device != self.device or param.dtype != dtype:
             model.to(device=self.device, dtype=dtype)
         with torch.inference_mode(False):
-            self._state = {layer: LayerState(layer, d, self.window, cfg, self.device, self.n_windows)
+            waiting = wait_capacity(d, cfg) if self._sparse else 0
+            self._state = {layer: LayerState(layer, d, self.window, cfg, self.device, self.n_windows, waiting)
                            for layer in layers}
         self._scratch: dict[str, torch.Tensor] = {}
 
@@ -238,11 +242,16 @@ class ActivationCollector:
         if self._sparse:
             # Candidates beat the k-th max as of the last merge: a superset of the true ones.
             b, n = torch.nonzero(wmax > st.top_bar, as_tuple=True)
-            if b.numel():
-                st.waiting.append((n, windows[b], wmax[b, n], acts[b, n]))
-                st.n_waiting += b.numel()
-                if st.n_waiting > self._wait_limit:
+            if p := b.numel():
+                w = windows[b]
+                key = value_keys(wmax[b, n], w)
+                if not st.waiting.fits(p):
                     self._merge_top(st)
+                if st.waiting.fits(p):
+                    st.waiting.add(n, key, w, acts[b, n])
+                else:  # more than a buffer's worth in one batch (early in the pass): merge them now
+                    st.top.merge_pairs(n, key, w, acts[b, n])
+                    st.top_bar = key_values(st.top.smallest)
         else:
             st.top.merge_dense(value_keys(wmax, windows[:, None]), windows, acts)
         st.random.add(first, batch, acts)
@@ -250,11 +259,9 @@ class ActivationCollector:
         st.boundary.add(first, batch, wmax)
 
     def _merge_top(self, st: LayerState) -> None:
-        if not st.waiting:
+        if not st.waiting.n:
             return
-        n, w, v, a = (torch.cat(parts) for parts in zip(*st.waiting))
-        st.waiting, st.n_waiting = [], 0
-        st.top.merge_pairs(n, value_keys(v, w), w, a)
+        st.top.merge_pairs(*st.waiting.take())
         st.top_bar = key_values(st.top.smallest)
 
     def _settle(self) -> None:
