@@ -147,8 +147,8 @@ class Candidates:
 
     They used to wait as a list of per-batch tensors, which lived across batches scattered
     among the forward pass's transient tensors and kept glibc from reusing its heap: with
-    SmolLM2's 30 layers in one pass the heap grew by up to 1 GB of free chunks between two
-    trims, and the pass's peak RSS with it.
+    SmolLM2's 30 layers in one pass (65,536 tokens) the heap grew by up to 1.4 GB of free chunks
+    between two trims, and the pass's peak RSS with it (2.81-2.91 GiB; 2.34 GiB with buffers).
     """
 
     def __init__(self, capacity: int, window: int, device: torch.device):

@@ -80,13 +80,14 @@ def wait_capacity(d_mlp: int, cfg: RecordConfig) -> int:
     return max(4 * d_mlp, d_mlp * cfg.top_k // 2)
 
 
-def buffer_bytes(d_mlp: int, window: int, cfg: RecordConfig, *, sparse: bool = True) -> int:
+def buffer_bytes(d_mlp: int, window: int, cfg: RecordConfig) -> int:
     """Memory the collector holds per layer on its device, whatever the corpus size: 37 MB for
-    SmolLM2-135M (d_mlp 1536) at window 64 and the default records on CPU (``sparse``; 33 MB
-    on CUDA, which merges every batch), 13.5 MB of it the quantile reservoir."""
+    SmolLM2-135M (d_mlp 1536) at window 64 and the default records, 13.5 MB of it the quantile
+    reservoir and 4 MB the waiting top-record candidates (on CUDA, which merges every batch
+    and holds none, 4 MB less)."""
     record = 2 * window + 4 + 4  # float16 activations of one record, its max and its position
     q = cfg.n_quantiles > 0
-    waiting = wait_capacity(d_mlp, cfg) * (3 * 8 + 4 * window) if sparse else 0
+    waiting = wait_capacity(d_mlp, cfg) * (3 * 8 + 4 * window)  # neuron, key, window; float32 activations
     return waiting + d_mlp * (
         cfg.top_k * (8 + 8 + record)  # key, window, record
         + (cfg.n_random + (cfg.reservoir if q else 0)) * (4 + 4 + record)  # planned window and slot, record
