@@ -261,3 +261,18 @@ def test_a_layers_graphs_are_stored_as_nodes_reachable_from_their_neuron():
     assert set(frames["N2G_ROOT"]["dst"]) == {"m/2/3/5", "m/2/3/6"}
     assert sorted(zip(frames["N2G_PREV"]["src"], frames["N2G_PREV"]["dst"])) == sorted(
         ("m/2/3/" + ".".join(map(str, p[:-1])), "m/2/3/" + ".".join(map(str, p))) for p in prefixes if len(p) > 1)
+
+
+def test_read_layer_reads_only_what_it_keeps(kb):
+    from ingest.stages.n2g import read_layer
+
+    with open_store(kb, read_only=True) as store:
+        some = read_layer(store, "tiny", 0, n_neurons=4)
+        none_kept = read_layer(store, "tiny", 0, n_neurons=0)
+        no_records = read_layer(store, "tiny", 1)  # layer 1 has its Neurons but no activation records
+        snippets = store.cypher("MATCH (s:Snippet) RETURN s.token_ids AS token_ids")
+    stored = {tuple(int(t) for t in ids) for ids in snippets["token_ids"]}
+    assert some.train and set(some.max_act) <= {0, 1, 2, 3}
+    assert all(r.tokens in stored and r.neuron < 4 for r in some.train)
+    for empty in (none_kept, no_records):
+        assert not (empty.train or empty.test or empty.train_full or empty.max_act)

@@ -151,13 +151,16 @@ def read_layer(store, model_id: str, layer: int, n_neurons: int | None = None) -
     from kb.records import decode_activations
 
     df = store.cypher(RECORDS_QUERY, {"model": model_id, "layer": layer})
-    snippets = store.cypher(SNIPPETS_QUERY, {"ids": sorted(set(df["snippet"]))})
-    tokens_of = {s: tuple(int(t) for t in ids) for s, ids in zip(snippets["snippet"], snippets["token_ids"])}
     data = LayerData()
     if n_neurons is not None:
         df = df[df["idx"] < n_neurons]
     df = df[df["max_act"] > 0]  # a neuron that never fires has nothing to explain
     df = df.sort_values(["idx", "kind", "rank"], kind="stable")
+    if df.empty:  # nothing to read (and an empty list of ids is no parameter the engine can type)
+        return data
+    # Only the snippets of the records kept.
+    snippets = store.cypher(SNIPPETS_QUERY, {"ids": sorted(set(df["snippet"]))})
+    tokens_of = {s: tuple(int(t) for t in ids) for s, ids in zip(snippets["snippet"], snippets["token_ids"])}
     for row in df.itertuples(index=False):
         idx = int(row.idx)
         data.max_act[idx] = float(row.max_act)
