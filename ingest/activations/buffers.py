@@ -95,7 +95,7 @@ class TopK:
         self.key[n_idx, evict_slot] = cand_key[take_r, take_c]
         take = src.clamp(min=0)
         self.window[n_idx, evict_slot] = torch.where(real, window[take], -1)
-        half, peak, position = as_record(payload[take])
+        half, peak, position = as_record(payload.index_select(0, take))
         self.payload[n_idx, evict_slot] = half
         self.peak[n_idx, evict_slot] = peak
         self.position[n_idx, evict_slot] = position
@@ -162,10 +162,13 @@ class Candidates:
     def fits(self, p: int) -> bool:
         return self.n + p <= self.capacity
 
-    def add(self, neuron: torch.Tensor, key: torch.Tensor, window: torch.Tensor, payload: torch.Tensor) -> None:
-        """Append P candidates (the caller checked ``fits(P)``)."""
+    def add(self, neuron: torch.Tensor, key: torch.Tensor, window: torch.Tensor, rows: torch.Tensor,
+            row: torch.Tensor) -> None:
+        """Append P candidates (the caller checked ``fits(P)``), each one's activations
+        ``rows[row[i]]`` ([N, window] float32, ``row`` [P])."""
         i, j = self.n, self.n + neuron.numel()
-        self.neuron[i:j], self.key[i:j], self.window[i:j], self.payload[i:j] = neuron, key, window, payload
+        self.neuron[i:j], self.key[i:j], self.window[i:j] = neuron, key, window
+        torch.index_select(rows, 0, row, out=self.payload[i:j])
         self.n = j
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -177,16 +180,17 @@ class Candidates:
 class Planned:
     """A sample decided before the pass: per neuron, a fixed list of ``k`` windows (``plan_windows``).
 
-    The pass only copies each planned window's payload as its batch goes by. Planned entries
-    are sorted by window, so a batch's share is one contiguous slice, found by a binary search
-    on the host (no device synchronisation).
+    The pass only copies each planned window's payload as its batch goes by. Entries are kept
+    in window order, so a batch's share is one contiguous slice of them, found by a binary
+    search on the host (no device synchronisation) and written as one block; ``results``
+    puts them back in plan order once, at the end.
     """
 
     def __init__(self, plan: np.ndarray, record_len: int | None, device: torch.device):
         """``record_len``: each entry keeps a record of that many activations (float16, with its
         max and position, as ``TopK``); None: one float32 value (a window max) per entry."""
         d, k = plan.shape
-        self.k = k
+        self.d, self.k = d, k
         flat = torch.from_numpy(plan.reshape(-1).astype(np.int32))
         pos = torch.nonzero(flat >= 0).squeeze(1)
         # int32 halves the index memory (the boundary sample has d * 512 entries per layer); the
@@ -194,50 +198,55 @@ class Planned:
         window, order = torch.sort(flat[pos])
         self._entry_window = window.numpy()
         self._entry_window_dev = window.to(device)
-        self._entry_pos = pos[order].to(torch.int32).to(device)
-        # Slots are read only once their window has been copied in: no need to clear them
-        # (the maxima excepted, which quantile_records bins for every slot before masking).
+        self._entry_pos = pos[order].to(torch.int32).to(device)  # the entry's slot n * k + j in plan order
+        n = len(window)
+        # Entries are read only once their window has been copied in: no need to clear them.
         self.records = record_len is not None
         if self.records:
-            self.payload = torch.empty((d, k, record_len), dtype=torch.float16, device=device)
-            self.peak = torch.zeros((d, k), dtype=torch.float32, device=device)
-            self.position = torch.zeros((d, k), dtype=torch.int32, device=device)
+            self.payload = torch.empty((n, record_len), dtype=torch.float16, device=device)
+            self.peak = torch.empty(n, dtype=torch.float32, device=device)
+            self.position = torch.empty(n, dtype=torch.int32, device=device)
         else:
-            self.payload = torch.empty((d, k), dtype=torch.float32, device=device)
+            self.payload = torch.empty(n, dtype=torch.float32, device=device)
 
     @property
     def _state_names(self) -> tuple[str, ...]:
         return ("payload", "peak", "position") if self.records else ("payload",)
 
     def add(self, first_window: int, batch: int, src: torch.Tensor) -> None:
-        """Copy the payloads of planned windows ``first_window .. + batch - 1`` from ``src``
-        ([B, d, window] float32 activations, or [B, d] values)."""
+        """Copy the payloads of planned windows ``first_window .. + batch - 1`` from ``src``: window
+        b's neuron n at row b * d + n ([B * d, window] float32 activations, or [B * d] values)."""
         # int32 needles: int64 ones would make numpy convert the whole int32 haystack first.
         lo, hi = np.searchsorted(self._entry_window, np.array([first_window, first_window + batch], dtype=np.int32))
         if lo == hi:
             return
-        pos = self._entry_pos[lo:hi]
-        b = self._entry_window_dev[lo:hi] - first_window
-        values = src[b, pos // self.k]
+        row = (self._entry_window_dev[lo:hi] - first_window) * self.d + self._entry_pos[lo:hi] // self.k
         if not self.records:
-            self.payload.view(-1)[pos] = values
+            torch.index_select(src, 0, row, out=self.payload[lo:hi])
             return
-        half, peak, position = as_record(values)
-        self.payload.view(-1, self.payload.shape[2])[pos] = half
-        self.peak.view(-1)[pos] = peak
-        self.position.view(-1)[pos] = position
+        self.payload[lo:hi], self.peak[lo:hi], self.position[lo:hi] = as_record(src.index_select(0, row))
 
     def results(self, windows_done: int) -> Kept:
         """Each row in plan order; entries of windows not yet seen are invalid."""
-        d, k = self.payload.shape[:2]
+        d, k = self.d, self.k
+        pos = self._entry_pos.cpu().numpy()
         window = np.full(d * k, -1, dtype=np.int64)
-        window[self._entry_pos.cpu().numpy()] = self._entry_window
+        window[pos] = self._entry_window
         window = window.reshape(d, k)
         valid = (window >= 0) & (window < windows_done)
+
+        def in_plan_order(entries: torch.Tensor, dtype) -> np.ndarray:
+            # Slots with no entry, or whose window is not yet seen, are zero (quantile_records
+            # bins every slot's maximum before masking).
+            out = np.zeros((d * k, *entries.shape[1:]), dtype=dtype)
+            seen = self._entry_window < windows_done
+            out[pos[seen]] = entries.cpu().numpy()[seen]
+            return out.reshape(d, k, *entries.shape[1:])
+
         if not self.records:
-            return Kept(window, self.payload.cpu().numpy(), valid)
-        return Kept(window, self.payload.cpu().numpy().astype(np.float32), valid, self.peak.cpu().numpy(),
-                    self.position.cpu().numpy())
+            return Kept(window, in_plan_order(self.payload, np.float32), valid)
+        return Kept(window, in_plan_order(self.payload, np.float32), valid, in_plan_order(self.peak, np.float32),
+                    in_plan_order(self.position, np.int32))
 
     def state(self) -> dict:
         return {name: getattr(self, name).cpu() for name in self._state_names}

@@ -32,7 +32,7 @@ from ingest.activations.keys import key_values, plan_windows, value_keys
 from ingest.activations.stats import GROUP, MAX, RunningStats, window_partials
 from kb.errors import IngestError
 
-CHECKPOINT_FORMAT = 4  # 4: record activations as float16, with each record's max and position
+CHECKPOINT_FORMAT = 5  # 5: planned samples kept in window order; 4: record activations as float16
 _MAX_WINDOWS = 2**31 - 1  # int32 window indices in the sample plans
 
 
@@ -233,31 +233,36 @@ class ActivationCollector:
         first = self._first_window
 
         part = self._buffer("part", (5, batch, d), torch.float32)
-        window_partials(x, part, self._buffer("c", x.shape, torch.float32))
+        scratch = self._buffer("c", x.shape, torch.float32)
+        window_partials(x, part, scratch)
         if st.stats.add(part, first, tokens):
             self._merge_top(st)  # refresh the candidate threshold once per group
 
+        # Records are copied as rows: (window b, neuron n)'s activations are row b * d + n, one
+        # contiguous block (the transposed copy takes ~1.8 ms per layer and batch of 16). Gathered
+        # from x directly, a record reads its values d apart: 4.3 ms for 14k records, 0.4 ms as rows.
+        rows = scratch.view(batch, d, tokens).copy_(x.transpose(1, 2)).view(batch * d, tokens)
         wmax = part[MAX]
-        windows = self._batch_windows
-        acts = x.permute(0, 2, 1)  # [B, d, T]: payloads are looked up per (window, neuron)
         if self._sparse:
             # Candidates beat the k-th max as of the last merge: a superset of the true ones.
-            b, n = torch.nonzero(wmax > st.top_bar, as_tuple=True)
-            if p := b.numel():
-                w = windows[b]
-                key = value_keys(wmax[b, n], w)
+            flat = torch.nonzero((wmax > st.top_bar).view(-1)).squeeze(1)
+            if p := flat.numel():
+                n = flat % d
+                w = flat // d + first
+                key = value_keys(wmax.view(-1)[flat], w)
                 if not st.waiting.fits(p):
                     self._merge_top(st)
                 if st.waiting.fits(p):
-                    st.waiting.add(n, key, w, acts[b, n])
+                    st.waiting.add(n, key, w, rows, flat)
                 else:  # more than a buffer's worth in one batch (early in the pass): merge them now
-                    st.top.merge_pairs(n, key, w, acts[b, n])
+                    st.top.merge_pairs(n, key, w, rows.index_select(0, flat))
                     st.top_bar = key_values(st.top.smallest)
         else:
-            st.top.merge_dense(value_keys(wmax, windows[:, None]), windows, acts)
-        st.random.add(first, batch, acts)
-        st.reservoir.add(first, batch, acts)
-        st.boundary.add(first, batch, wmax)
+            windows = self._batch_windows
+            st.top.merge_dense(value_keys(wmax, windows[:, None]), windows, rows.view(batch, d, tokens))
+        st.random.add(first, batch, rows)
+        st.reservoir.add(first, batch, rows)
+        st.boundary.add(first, batch, wmax.reshape(-1))
 
     def _merge_top(self, st: LayerState) -> None:
         if not st.waiting.n:
