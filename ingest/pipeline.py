@@ -259,7 +259,9 @@ class Pipeline:
 
     def run(self, store: Store) -> IngestReport:
         started = time.perf_counter()
-        tune_heap()  # for the whole process: the stages' forward passes allocate the same sizes over and over
+        # For the whole process: the stages' forward passes allocate and free the same sizes over and over.
+        s = self.cfg.settings
+        tune_heap(s["batch_size"] * (s["window"] + 1) * self.lm.adapter.d_mlp * 4)
         ctx = self.context(store)
         self._check_store(ctx)
         report = IngestReport(self.model_id, config.redact(store.url))

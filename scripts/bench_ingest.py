@@ -403,10 +403,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"load average {report['load_average_before']} -> {report['load_average_after']}; written to {out}")
         return
 
-    heap_tuned = False if args.glibc_heap else tune_heap()  # as nkb ingest runs
     t0 = time.perf_counter()
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     log(f"loaded {lm.source} in {time.perf_counter() - t0:.1f} s: {lm.adapter}")
+    heap_tuned = not args.glibc_heap and tune_heap(args.batch_size * (args.window + 1) * lm.adapter.d_mlp * 4)  # as nkb ingest
     report: dict = {"model": args.model, "dtype": args.dtype, "machine": machine_info(str(lm.device)),
                     "heap_tuned": heap_tuned, "load_average_before": _load_average()}
     if not args.skip_activations:

@@ -184,9 +184,9 @@ _FAULTS = """
 import resource, sys
 import numpy as np
 from ingest.memory import tune_heap
-tuned = sys.argv[1] == "tuned" and tune_heap()
+tuned = sys.argv[1] == "tuned" and tune_heap(8 << 20)
 def step():  # what a forward pass does at every layer: several tensors of a few MB, freed together
-    held = [np.ones(2 << 20, dtype=np.float32) for _ in range(4)]
+    held = [np.ones(2 << 20, dtype=np.float32) for _ in range(5)]
     del held
 step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -200,7 +200,7 @@ print(int(tuned), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_tuned_heap_keeps_freed_pages():
     """At glibc's adaptive defaults, memory freed by one step goes back to the kernel and faults in
     again, zeroed, in the next (about 2,000 pages of 4 KiB per step here); once tune_heap has
-    fixed the thresholds, the steps reuse it."""
+    fixed the thresholds for tensors of that size, the steps reuse it."""
     def run(mode: str) -> tuple[int, int]:
         out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
         tuned, faults = out.stdout.split()
