@@ -6,6 +6,7 @@ The estimate adds what the process holds at its peak:
   measured after import, rounded up) and the tokenized corpus;
 - the model's weights, as loaded (their dtype);
 - the embedded store's buffer pool (``kb.config.buffer_pool_bytes()``; none for a server);
+- the freed heap the process keeps (``tune_heap``'s trim threshold);
 - the larger of the two stages' working sets, which never coexist (the lmhead stage frees
   its float32 unembedding when it ends):
 
@@ -106,6 +107,11 @@ def trim() -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
+def forward_tensor_bytes(d_mlp: int, batch_size: int, tokens: int) -> int:
+    """The largest tensor of a forward batch, as the hook sees it: float32 [batch, tokens, d_mlp]."""
+    return 4 * batch_size * tokens * d_mlp
+
+
 def heap_thresholds(tensor_bytes: int) -> tuple[int, int]:
     """(mmap, trim) thresholds for a run whose largest forward-pass tensor has ``tensor_bytes``:
     every tensor comes from the heap, and a layer's worth of freed ones stays there."""
@@ -203,7 +209,7 @@ class MemoryPlan:
 
     shape: Shape
     budget: int | None
-    base: dict[str, int]  # held throughout: runtime, corpus, weights, buffer pool
+    base: dict[str, int]  # held throughout: runtime, corpus, weights, buffer pool, heap
     lmhead: dict[str, int] = field(default_factory=dict)  # the lmhead stage's working set at lmhead_chunk
     pass_fixed: dict[str, int] = field(default_factory=dict)  # the activation pass, whatever its layers
     per_layer: int = 0  # the activation state of one layer in a pass
@@ -290,8 +296,9 @@ def plan(shape: Shape, layers: list[int], settings: Settings, *, stages: set[str
 
     Raises IngestError when even one layer (or one neuron of the LM head) does not fit."""
     s = settings
+    heap = heap_thresholds(forward_tensor_bytes(shape.d_mlp, s.batch_size, s.window + (1 if s.bos else 0)))[1]
     base = {"runtime": RUNTIME_BYTES, "corpus": s.n_windows * s.window * 8 + shape.vocab * 100,
-            "weights": shape.weight_bytes, "buffer pool": buffer_pool}
+            "weights": shape.weight_bytes, "buffer pool": buffer_pool, "heap": heap}
     p = MemoryPlan(shape=shape, budget=budget, base=base)
     room = None if budget is None else budget - sum(base.values())
     if "lmhead" in stages:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.memory import peak_resident_bytes, trim, tune_heap
+from ingest.memory import forward_tensor_bytes, peak_resident_bytes, trim, tune_heap
 from ingest.stages import REGISTRY, Context, Stage, StageReport, all_settings, default_stages, defaults, digest, resolve
 from kb import config
 from kb.errors import IngestError
@@ -261,7 +261,7 @@ class Pipeline:
         started = time.perf_counter()
         # For the whole process: the stages' forward passes allocate and free the same sizes over and over.
         s = self.cfg.settings
-        tune_heap(s["batch_size"] * (s["window"] + 1) * self.lm.adapter.d_mlp * 4)
+        tune_heap(forward_tensor_bytes(self.lm.adapter.d_mlp, s["batch_size"], s["window"] + 1))
         ctx = self.context(store)
         self._check_store(ctx)
         report = IngestReport(self.model_id, config.redact(store.url))
