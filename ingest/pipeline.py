@@ -259,9 +259,8 @@ class Pipeline:
 
     def run(self, store: Store) -> IngestReport:
         started = time.perf_counter()
-        # For the whole process: the stages' forward passes allocate and free the same sizes over and over.
         s = self.cfg.settings
-        tune_heap(forward_tensor_bytes(self.lm.adapter.d_mlp, s["batch_size"], s["window"] + 1))
+        forward_bytes = forward_tensor_bytes(self.lm.adapter.d_mlp, s["batch_size"], s["window"] + 1)
         ctx = self.context(store)
         self._check_store(ctx)
         report = IngestReport(self.model_id, config.redact(store.url))
@@ -270,6 +269,7 @@ class Pipeline:
             # The model stage always writes (cheap, idempotent): the Model node and its Tokens
             # are not per layer, and a later stage may be run for a layer it never saw.
             todo = [layer for layer in self.layers if stage.name == "model" or not ctx.done(stage, layer)]
+            tune_heap(forward_bytes if stage.tuned_heap else None)
             sub = stage.run(ctx, todo) if todo else StageReport(stage.name)
             release_vector_cache()  # what a stage read stays in memory no longer than the stage
             store.release_memory()  # nor what the engine cached of what it wrote

@@ -29,6 +29,7 @@ DEFAULT_TOKENS = 65_536
 
 class ActivationsStage(Stage):
     name = "activations"
+    tuned_heap = True
     help = "top, random and quantile activation records and statistics, from one pass over the corpus"
     needs = ("model",)
     uses_corpus = True

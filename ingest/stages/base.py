@@ -112,6 +112,9 @@ class Stage:
     needs: ClassVar[tuple[str, ...]] = ()
     settings: ClassVar[tuple[Setting, ...]] = ()
     uses_corpus: ClassVar[bool] = False
+    #: Allocates and frees the same large tensors over and over (forward passes, LM-head chunks):
+    #: the heap is tuned to reuse them while it runs (``ingest.memory.tune_heap``).
+    tuned_heap: ClassVar[bool] = False
     #: Runs when no --stages are given (``all``). A stage that costs money or hours says False.
     default: ClassVar[bool] = True
 

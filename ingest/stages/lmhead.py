@@ -11,6 +11,7 @@ from kb.errors import IngestError
 
 class LMHeadStage(Stage):
     name = "lmhead"
+    tuned_heap = True
     help = "tokens each neuron promotes, suppresses and reads through the LM head"
     needs = ("model",)
     settings = (

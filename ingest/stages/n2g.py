@@ -45,6 +45,7 @@ SNIPPETS_QUERY = "MATCH (s:Snippet) WHERE s.id IN $ids RETURN s.id AS snippet, s
 
 class N2GStage(Stage):
     name = "n2g"
+    tuned_heap = True
     help = "Neuron-to-Graph tries per neuron: token search, prediction, P/R/F1, n2g similarity"
     needs = ("activations",)
     settings = (
