@@ -115,8 +115,10 @@ def forward_tensor_bytes(d_mlp: int, batch_size: int, tokens: int) -> int:
 
 def heap_thresholds(tensor_bytes: int) -> tuple[int, int]:
     """(mmap, trim) thresholds for a run whose largest forward-pass tensor has ``tensor_bytes``:
-    every tensor comes from the heap, and a layer's worth of freed ones stays there."""
-    return max(64 << 20, 2 * tensor_bytes), max(32 << 20, 6 * tensor_bytes)
+    every tensor of a forward pass comes from the heap, and a layer's worth of freed ones stays
+    there. Larger blocks (the LM-head stage's logit chunks) still get their own mappings: from
+    the heap, at 8B width, they left the later tokens stage 0.25 GiB higher."""
+    return max(64 << 20, tensor_bytes + (1 << 20)), max(32 << 20, 6 * tensor_bytes)
 
 
 def tune_heap(tensor_bytes: int | None) -> bool:
