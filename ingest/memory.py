@@ -116,8 +116,9 @@ def forward_tensor_bytes(d_mlp: int, batch_size: int, tokens: int) -> int:
 def heap_thresholds(tensor_bytes: int) -> tuple[int, int]:
     """(mmap, trim) thresholds for a run whose largest forward-pass tensor has ``tensor_bytes``:
     every tensor of a forward pass comes from the heap, and a layer's worth of freed ones stays
-    there. Larger blocks (the LM-head stage's logit chunks) still get their own mappings: from
-    the heap, at 8B width, they left the later tokens stage 0.25 GiB higher."""
+    there. Larger blocks (the LM-head stage's logit chunks) still get their own mappings: with
+    them from the heap (a threshold of twice the tensor), the 8B-wide model's later tokens
+    stage peaked at 5.63 GiB, against 5.44 GiB."""
     return max(64 << 20, tensor_bytes + (1 << 20)), max(32 << 20, 6 * tensor_bytes)
 
 
@@ -134,8 +135,9 @@ def tune_heap(tensor_bytes: int | None) -> bool:
     8,192 tokens. With the thresholds fixed (64 MB; trim at 32, 64 or 256 MB alike) it took none
     and ran 17% faster (7.45 -> 6.2 s), and the activation pass 13% faster (11.5 -> 10.0 s), at
     the same peak RSS (1.97 GiB). The trim threshold bounds the freed memory the process keeps,
-    but must hold a layer's worth of freed tensors, or the faults come back. The 8B-wide model's
-    tokens stage, tuned like that, peaked 0.5 GiB higher: the other stages keep glibc's ceilings.
+    but must hold a layer's worth of freed tensors, or the faults come back. With every stage
+    tuned, the 8B-wide model's tokens stage peaked at 5.89 GiB (5.38 before): the other stages
+    keep glibc's ceilings (Stage.tuned_heap says which are tuned).
     (Setting only one threshold turns the adaptation off and leaves the other at its small
     initial value: far worse.)"""
     if tensor_bytes is None:
