@@ -134,7 +134,7 @@ def tune_heap(tensor_bytes: int | None) -> bool:
     kernel and faulting them in again, zeroed: SmolLM2's body took 1.1 million page faults per
     8,192 tokens. With the thresholds fixed (64 MB; trim at 32, 64 or 256 MB alike) it took none
     and ran 17% faster (7.45 -> 6.2 s), and the activation pass 13% faster (11.5 -> 10.0 s), at
-    the same peak RSS (1.97 GiB). The trim threshold bounds the freed memory the process keeps,
+    the same peak RSS (1,966 and 1,974 MiB). The trim threshold bounds the freed memory the process keeps,
     but must hold a layer's worth of freed tensors, or the faults come back. With every stage
     tuned, the 8B-wide model's tokens stage peaked at 5.89 GiB (5.38 before): the other stages
     keep glibc's ceilings (Stage.tuned_heap says which are tuned).
