@@ -123,23 +123,23 @@ def heap_thresholds(tensor_bytes: int) -> tuple[int, int]:
 
 
 def tune_heap(tensor_bytes: int | None) -> bool:
-    """Fix glibc's thresholds at ``heap_thresholds(tensor_bytes)`` for a stage that runs forward
-    passes: allocations below the first come from the heap, and its free top goes back to the
-    system only past the second (``trim`` gives back the rest). ``tensor_bytes`` None: at the
-    ceilings of glibc's own adaptive thresholds (32 and 64 MB), for the other stages. False
-    where this is not glibc.
+    """Fix glibc's thresholds at ``heap_thresholds(tensor_bytes)`` for a stage that allocates and
+    frees the same large tensors over and over: allocations below the first come from the heap,
+    and its free top goes back to the system only past the second (``trim`` gives back the
+    rest). ``tensor_bytes`` None: at the ceilings of glibc's own adaptive thresholds (32 and
+    64 MB), for the other stages. False where this is not glibc.
 
     At its defaults glibc adapts both thresholds as the process runs, and a forward pass, which
     allocates and frees tensors of a few MB at every layer, keeps handing pages back to the
     kernel and faulting them in again, zeroed: SmolLM2's body took 1.1 million page faults per
-    8,192 tokens. With the thresholds fixed (64 MB; trim at 32, 64 or 256 MB alike) it took none
-    and ran 17% faster (7.45 -> 6.2 s), and the activation pass 13% faster (11.5 -> 10.0 s), at
-    the same peak RSS (1,966 and 1,974 MiB). The trim threshold bounds the freed memory the process keeps,
-    but must hold a layer's worth of freed tensors, or the faults come back. With every stage
-    tuned, the 8B-wide model's tokens stage peaked at 5.89 GiB (5.38 before): the other stages
-    keep glibc's ceilings (Stage.tuned_heap says which are tuned).
-    (Setting only one threshold turns the adaptation off and leaves the other at its small
-    initial value: far worse.)"""
+    8,192 tokens. With the thresholds fixed (64 MB; trim at 32, 64 or 256 MB alike) it took 2 or
+    3 and ran 17% faster (7.45 -> 6.2 s), and the activation pass 13% faster (11.5 -> 10.0 s), at
+    the same peak RSS (1,966 and 1,974 MiB). The trim threshold bounds the freed memory the
+    process keeps, but must hold a layer's worth of freed tensors, or the faults come back.
+    With every stage tuned, the 8B-wide model's tokens stage peaked at 5.89 GiB (5.38 before):
+    the other stages keep glibc's ceilings (``Stage.tuned_heap`` says which are tuned). Setting
+    only one threshold turns the adaptation off and leaves the other at its small initial
+    value: far worse."""
     if tensor_bytes is None:
         mmap, trim_at = GLIBC_MMAP_MAX, GLIBC_TRIM_MAX
     else:

@@ -13,7 +13,10 @@ declares, as data:
   write. Settings with ``output=True`` define the stage's output: their digest is stored
   with every per-layer done marker, and a re-run with other values is refused rather than
   mixed;
-- ``uses_corpus``: whether the pipeline must tokenize the corpus for it (before any write).
+- ``uses_corpus``: whether the pipeline must tokenize the corpus for it (before any write);
+- ``tuned_heap``: whether it allocates and frees the same large tensors over and over (forward
+  passes, LM-head chunks), so that the pipeline fixes glibc's heap thresholds while it runs
+  (``ingest.memory.tune_heap``).
 
 and may check what it will be given before anything is written: ``validate(cfg)`` (settings
 together, before the model loads), ``check_model(cfg, lm)`` (against the loaded model) and
