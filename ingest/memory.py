@@ -225,6 +225,7 @@ class MemoryPlan:
     lmhead: dict[str, int] = field(default_factory=dict)  # the lmhead stage's working set at lmhead_chunk
     pass_fixed: dict[str, int] = field(default_factory=dict)  # the activation pass, whatever its layers
     per_layer: int = 0  # the activation state of one layer in a pass
+    forward_tensor: int = 0  # bytes of the largest tensor of a forward batch (tune_heap sizes the heap by it)
     lmhead_chunk: int = LMHEAD_MAX_CHUNK
     groups: list[list[int]] = field(default_factory=list)  # layers of each forward pass
 
@@ -308,10 +309,10 @@ def plan(shape: Shape, layers: list[int], settings: Settings, *, stages: set[str
 
     Raises IngestError when even one layer (or one neuron of the LM head) does not fit."""
     s = settings
-    heap = heap_thresholds(forward_tensor_bytes(shape.d_mlp, s.batch_size, s.window + (1 if s.bos else 0)))[1]
+    forward_tensor = forward_tensor_bytes(shape.d_mlp, s.batch_size, s.window + (1 if s.bos else 0))
     base = {"runtime": RUNTIME_BYTES, "corpus": s.n_windows * s.window * 8 + shape.vocab * 100,
-            "weights": shape.weight_bytes, "buffer pool": buffer_pool, "heap": heap}
-    p = MemoryPlan(shape=shape, budget=budget, base=base)
+            "weights": shape.weight_bytes, "buffer pool": buffer_pool, "heap": heap_thresholds(forward_tensor)[1]}
+    p = MemoryPlan(shape=shape, budget=budget, base=base, forward_tensor=forward_tensor)
     room = None if budget is None else budget - sum(base.values())
     if "lmhead" in stages:
         fixed = sum(lmhead_parts(shape, 0, s.lmhead_k).values())

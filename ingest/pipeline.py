@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.memory import forward_tensor_bytes, peak_resident_bytes, trim, tune_heap
+from ingest.memory import peak_resident_bytes, trim, tune_heap
 from ingest.stages import REGISTRY, Context, Stage, StageReport, all_settings, default_stages, defaults, digest, resolve
 from kb import config
 from kb.errors import IngestError
@@ -259,8 +259,6 @@ class Pipeline:
 
     def run(self, store: Store) -> IngestReport:
         started = time.perf_counter()
-        s = self.cfg.settings
-        forward_bytes = forward_tensor_bytes(self.lm.adapter.d_mlp, s["batch_size"], s["window"] + 1)
         ctx = self.context(store)
         self._check_store(ctx)
         report = IngestReport(self.model_id, config.redact(store.url))
@@ -269,7 +267,7 @@ class Pipeline:
             # The model stage always writes (cheap, idempotent): the Model node and its Tokens
             # are not per layer, and a later stage may be run for a layer it never saw.
             todo = [layer for layer in self.layers if stage.name == "model" or not ctx.done(stage, layer)]
-            tune_heap(forward_bytes if stage.tuned_heap else None)
+            tune_heap(self.memory.forward_tensor if stage.tuned_heap else None)
             sub = stage.run(ctx, todo) if todo else StageReport(stage.name)
             release_vector_cache()  # what a stage read stays in memory no longer than the stage
             store.release_memory()  # nor what the engine cached of what it wrote

@@ -234,12 +234,12 @@ class Planned:
         window[pos] = self._entry_window
         window = window.reshape(d, k)
         valid = (window >= 0) & (window < windows_done)
+        seen = self._entry_window < windows_done
 
         def in_plan_order(entries: torch.Tensor, dtype) -> np.ndarray:
             # Slots with no entry, or whose window is not yet seen, are zero (quantile_records
             # bins every slot's maximum before masking).
             out = np.zeros((d * k, *entries.shape[1:]), dtype=dtype)
-            seen = self._entry_window < windows_done
             out[pos[seen]] = entries.cpu().numpy()[seen]
             return out.reshape(d, k, *entries.shape[1:])
 

@@ -187,7 +187,6 @@ class ActivationCollector:
             raise IngestError(f"windows {first_window}..{first_window + batch - 1} are past the end of the corpus "
                               f"({self.n_windows} windows)")
         self._first_window = first_window
-        self._batch_windows = torch.arange(first_window, first_window + batch, device=self.device)
         inputs = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
         if self.bos_id is not None:
             inputs = torch.cat([torch.full((batch, 1), self.bos_id, dtype=torch.int64), inputs], 1)
@@ -258,7 +257,7 @@ class ActivationCollector:
                     st.top.merge_pairs(n, key, w, rows.index_select(0, flat))
                     st.top_bar = key_values(st.top.smallest)
         else:
-            windows = self._batch_windows
+            windows = torch.arange(first, first + batch, device=self.device)
             st.top.merge_dense(value_keys(wmax, windows[:, None]), windows, rows.view(batch, d, tokens))
         st.random.add(first, batch, rows)
         st.reservoir.add(first, batch, rows)
