@@ -285,6 +285,24 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         run_activation_pass(adapter, corpus(seed=1), 0, [0, 1], CFG, checkpoint_path=path)
 
 
+def test_checkpoint_of_an_older_format_is_refused(tmp_path):
+    """Format 4 kept the planned samples in [d, k] slots; format 5 keeps them in window order,
+    so a format-4 checkpoint must not be loaded into the new buffers."""
+    from ingest.activations.collector import CHECKPOINT_FORMAT
+
+    adapter = adapter_for(tiny_llama())
+    tokens = corpus()
+    path = tmp_path / "acts.pt"
+    run_activation_pass(adapter, tokens, 0, [0, 1], CFG, batch_size=8, checkpoint_path=path, checkpoint_seconds=0)
+    state = torch.load(path, weights_only=True)
+    assert state["collector"]["format"] == CHECKPOINT_FORMAT
+    state["collector"]["format"] = CHECKPOINT_FORMAT - 1
+    torch.save(state, path)
+    with pytest.raises(IngestError, match=f"format {CHECKPOINT_FORMAT - 1}, expected {CHECKPOINT_FORMAT}"):
+        run_activation_pass(adapter, tokens, 0, [0, 1], CFG, checkpoint_path=path)
+    assert path.exists()  # refused, not deleted: the message says to delete it
+
+
 def test_bos_position_is_ignored():
     adapter = adapter_for(tiny_llama())
     tokens = corpus(n=20)
