@@ -18,7 +18,7 @@ def fires(store, text: str, *, model: str | None = None, k: int = 20, device: st
     Columns: neuron, layer, idx, activation (its largest on the text), max_act, ratio, token
     (where it peaked), position, explanation. ``lm`` reuses an already loaded model.
     """
-    from ingest.models import load_model
+    from ingest.models import load_model, token_texts
     from kb.vectors import check_k
 
     check_k(k)
@@ -67,7 +67,7 @@ def fires(store, text: str, *, model: str | None = None, k: int = 20, device: st
     pos = np.array([peaks[layer][1][idx] for layer, idx in zip(stats["layer"], stats["idx"])])
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(stats["max_act"].to_numpy() > 0, act / stats["max_act"].to_numpy(), np.nan)
-    tokens = [lm.tokenizer.decode([t]) for t in ids]
+    tokens = token_texts(lm.tokenizer, ids)
     df = stats.assign(activation=act.astype(np.float64), ratio=ratio, position=pos.astype(np.int64),
                       token=[tokens[p] for p in pos])
     df = df[np.isfinite(df["ratio"])].sort_values(["ratio", "layer", "idx"], ascending=[False, True, True]).head(k)

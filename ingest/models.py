@@ -25,6 +25,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import socket
 import struct
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from urllib.parse import urlparse
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from ingest.adapters import SUPPORTED_ARCHITECTURES, Adapter, adapter_for
 from kb.config import shorten
@@ -303,6 +305,47 @@ def tokenizer_id(tokenizer: PreTrainedTokenizerBase) -> str:
     pairs = sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
     digest = hashlib.blake2b(json.dumps(pairs, ensure_ascii=False).encode("utf-8"), digest_size=4).hexdigest()
     return f"tok-{len(pairs)}-{digest}"
+
+
+def token_texts(tokenizer: PreTrainedTokenizerBase, ids) -> list[str]:
+    """Each token's text: the token decoded on its own, leading space kept.
+
+    A token that holds only part of a UTF-8 character decodes on its own to '\ufffd', and a
+    vocabulary has hundreds of them (SmolLM2: 314), so that text would name them all at once.
+    Such a token is spelled by its bytes instead, undecodable ones escaped: '\\xe2\\x80', or
+    ' \\xe2' with its space. The bytes come from the token's piece, through the byte-level
+    alphabet (GPT-2-style BPE) or a byte-fallback piece ('<0xE2>', SentencePiece), and are used
+    only when they decode, with replacement, to exactly what the tokenizer decoded.
+    """
+    ids = [int(i) for i in ids]
+    texts = tokenizer.batch_decode([[i] for i in ids])
+    broken = [k for k, text in enumerate(texts) if "\ufffd" in text]
+    if broken:
+        for k, piece in zip(broken, tokenizer.convert_ids_to_tokens([ids[k] for k in broken])):
+            raw = _piece_bytes(piece)
+            if raw is not None and raw.decode("utf-8", errors="replace") == texts[k]:
+                texts[k] = raw.decode("utf-8", errors="backslashreplace")
+    return texts
+
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+@functools.cache
+def _byte_decoder() -> dict[str, int]:
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def _piece_bytes(piece: str | None) -> bytes | None:
+    """The bytes a vocabulary piece stands for, where the piece spells bytes; else None."""
+    if not piece:
+        return None
+    if m := _BYTE_PIECE.fullmatch(piece):
+        return bytes([int(m[1], 16)])
+    decoder = _byte_decoder()
+    if all(c in decoder for c in piece):
+        return bytes(decoder[c] for c in piece)
+    return None
 
 
 def _public_config(model: PreTrainedModel) -> dict:

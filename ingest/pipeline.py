@@ -168,7 +168,7 @@ class Pipeline:
             raise IngestError(f"ingesting needs the model stack, which is not installed ({e.name} is missing)",
                               "pip install 'neuron-kb[ingest]'") from None
         from ingest.corpus import check_corpus, load_corpus, make_windows, snippet_id
-        from ingest.stages.model import token_texts
+        from ingest.stages.model import vocabulary_texts
 
         cfg, s = self.cfg, self.cfg.settings
         uses_corpus = any(stage.uses_corpus for stage in self.stages)
@@ -198,7 +198,7 @@ class Pipeline:
             for stage in self.stages:
                 if stage.uses_corpus:
                     stage.check_corpus(cfg, self.windows)
-        self.token_text = token_texts(self.lm)
+        self.token_text = vocabulary_texts(self.lm)
         self.memory = self._plan_memory(store_url)
         return self
 

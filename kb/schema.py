@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Property types, named as in LadybugDB; Neo4j stores the same Python values.
 STRING, INT64, DOUBLE, BOOL = "STRING", "INT64", "DOUBLE", "BOOLEAN"
@@ -145,7 +145,8 @@ NODES: tuple[NodeType, ...] = (
             _p("id", STRING, "<tokenizer>/<token_id>"),
             _p("tokenizer", STRING),
             _p("token_id", INT64),
-            _p("text", STRING, "the decoded token, leading space kept"),
+            _p("text", STRING, "the token decoded on its own, leading space kept; a token holding part of a "
+               "UTF-8 character is spelled by its bytes, undecodable ones escaped: '\\xe2\\x80'"),
         ),
         "A vocabulary entry, shared by every model with the same tokenizer.",
         id_format="<tokenizer>/<token_id>",
@@ -166,7 +167,7 @@ NODES: tuple[NodeType, ...] = (
             _p("tokenizer", STRING),
             _p("corpus", STRING, "corpus name it was cut from"),
             _p("token_ids", INT64_LIST),
-            _p("tokens", STRING_LIST, "decoded text of each token"),
+            _p("tokens", STRING_LIST, "each token's text, as Token.text spells it"),
             _p("text", STRING, "decoded text of the whole window"),
         ),
         "A window of corpus text, stored once and shared by every neuron that fires on it.",

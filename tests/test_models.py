@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import shutil
 
 import pytest
 import torch
 
-from ingest.models import BUNDLED, LoadedModel, _resolve, fingerprint, load_model, resolve_device
+from ingest.models import BUNDLED, LoadedModel, _piece_bytes, _resolve, fingerprint, load_model, resolve_device, token_texts
 from kb.errors import IngestError
 from tinymodels import save_tiny_model, tiny_tokenizer
 
@@ -216,6 +217,30 @@ def test_bundled_smollm2_loads_and_predicts():
 
 
 @pytest.mark.slow
+def test_tokens_that_split_a_character_are_spelled_by_their_bytes():
+    tok = load_model("smollm2-135m").tokenizer
+    texts = token_texts(tok, range(len(tok)))
+    plain = [tok.decode([i]) for i in range(len(tok))]
+    broken = {i for i, text in enumerate(plain) if "\ufffd" in text}
+    assert len(broken) > 100  # byte-level BPE: hundreds of tokens hold part of a character
+    assert all(texts[i] == plain[i] for i in range(len(tok)) if i not in broken)
+    # Only the token that is U+FFFD itself keeps the replacement character.
+    assert [i for i, text in enumerate(texts) if "\ufffd" in text] == tok.encode("\ufffd", add_special_tokens=False)
+    assert len({texts[i] for i in broken}) == len(broken)  # a text of their own each
+    # The bytes the texts spell are the text's bytes, split or not.
+    text = "’ café, naïve 中文 🙂 → ∑"
+    ids = tok.encode(text, add_special_tokens=False)
+    spelled = token_texts(tok, ids)
+    assert any("\\x" in s for s in spelled), spelled
+    assert b"".join(codecs.escape_decode(s.encode("utf-8"))[0] for s in spelled) == text.encode("utf-8")
+
+
+def test_byte_pieces_are_read_as_bytes():
+    assert _piece_bytes("<0xE2>") == b"\xe2"  # SentencePiece byte fallback
+    assert _piece_bytes("âĢ") == b"\xe2\x80"  # byte-level BPE
+    assert _piece_bytes("▁caf") is None and _piece_bytes("") is None and _piece_bytes(None) is None
+
+
 def test_a_gguf_is_converted_once_and_the_conversion_holds_the_gguf(tmp_path, monkeypatch):
     import ingest.models as models
 

@@ -15,7 +15,7 @@ from kb.ids import NeuronId
 
 def predict_text(store, neuron: str, text: str, *, device: str = "cpu") -> pd.DataFrame:
     """One row per token: position, token, real (raw), real_norm, predicted_norm, fires (real), predicted_fires."""
-    from ingest.models import load_model
+    from ingest.models import load_model, token_texts
     from ingest.n2g.runner import LayerRunner
     from ingest.stages.n2g import model_prefix
     from kb.n2g import load_graph
@@ -37,7 +37,7 @@ def predict_text(store, neuron: str, text: str, *, device: str = "cpu") -> pd.Da
     real = acts[:, nid.index].astype(float)
     max_act = float(graph.neuron["max_act"])
     predicted = graph.trie().predict(tokens)
-    texts = [lm.tokenizer.decode([t]) for t in tokens]
+    texts = token_texts(lm.tokenizer, tokens)
     df = pd.DataFrame({"position": range(len(tokens)), "token": texts, "real": real, "real_norm": real / max_act,
                        "predicted_norm": predicted})
     df["fires"] = df["real_norm"] >= 0.5

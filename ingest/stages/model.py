@@ -64,8 +64,10 @@ def window_prefix(tokenizer) -> list[int]:
     return [] if bos is None else [int(bos)]
 
 
-def token_texts(lm) -> list[str]:
-    """Each vocabulary entry's decoded text; embedding rows past the tokenizer (padding) get ''."""
-    tok = lm.tokenizer
-    known = min(len(tok), lm.adapter.vocab_size)
-    return tok.batch_decode([[i] for i in range(known)]) + [""] * (lm.adapter.vocab_size - known)
+def vocabulary_texts(lm) -> list[str]:
+    """Each vocabulary entry's text (``ingest.models.token_texts``); embedding rows past the
+    tokenizer (padding) get ''."""
+    from ingest.models import token_texts
+
+    known = min(len(lm.tokenizer), lm.adapter.vocab_size)
+    return token_texts(lm.tokenizer, range(known)) + [""] * (lm.adapter.vocab_size - known)
