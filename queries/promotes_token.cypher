@@ -8,10 +8,13 @@
 // @param limit   rows to return (default: 20)
 MATCH (:TokenText {id: $token})-[:SPELLS]->(t:Token)<-[p:PROMOTES]-(n:Neuron)
 WHERE n.model = $model OR $model IS NULL
-WITH n, max(p.logit) AS logit,
+WITH n.id AS neuron, max(p.logit) AS logit,
      min(CASE WHEN p.found = 'neuron' THEN p.rank END) AS rank,
      min(CASE WHEN p.found = 'token' THEN p.rank END) AS token_rank
-RETURN n.id AS neuron, n.model AS model, n.layer AS layer, n.idx AS idx,
-       logit, rank, token_rank, n.explanation AS explanation
 ORDER BY logit DESC, neuron
 LIMIT $limit
+// The neurons' other properties only for the rows kept: a hub token has thousands of edges.
+MATCH (n:Neuron {id: neuron})
+RETURN neuron, n.model AS model, n.layer AS layer, n.idx AS idx,
+       logit, rank, token_rank, n.explanation AS explanation
+ORDER BY logit DESC, neuron

@@ -7,10 +7,12 @@
 // @param limit   rows to return (default: 20)
 MATCH (:TokenText {id: $token})-[:SPELLS]->(t:Token)<-[r:READS]-(n:Neuron)
 WHERE n.model = $model OR $model IS NULL
-WITH n, r.via AS via, max(r.weight) AS weight,
+WITH n.id AS neuron, r.via AS via, max(r.weight) AS weight,
      min(CASE WHEN r.found = 'neuron' THEN r.rank END) AS rank,
      min(CASE WHEN r.found = 'token' THEN r.rank END) AS token_rank
-RETURN n.id AS neuron, n.model AS model, n.layer AS layer, n.idx AS idx,
-       via, weight, rank, token_rank, n.explanation AS explanation
 ORDER BY weight DESC, neuron, via
 LIMIT $limit
+MATCH (n:Neuron {id: neuron})
+RETURN neuron, n.model AS model, n.layer AS layer, n.idx AS idx,
+       via, weight, rank, token_rank, n.explanation AS explanation
+ORDER BY weight DESC, neuron, via

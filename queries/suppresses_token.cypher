@@ -6,10 +6,12 @@
 // @param limit   rows to return (default: 20)
 MATCH (:TokenText {id: $token})-[:SPELLS]->(t:Token)<-[s:SUPPRESSES]-(n:Neuron)
 WHERE n.model = $model OR $model IS NULL
-WITH n, min(s.logit) AS logit,
+WITH n.id AS neuron, min(s.logit) AS logit,
      min(CASE WHEN s.found = 'neuron' THEN s.rank END) AS rank,
      min(CASE WHEN s.found = 'token' THEN s.rank END) AS token_rank
-RETURN n.id AS neuron, n.model AS model, n.layer AS layer, n.idx AS idx,
-       logit, rank, token_rank, n.explanation AS explanation
 ORDER BY logit, neuron
 LIMIT $limit
+MATCH (n:Neuron {id: neuron})
+RETURN neuron, n.model AS model, n.layer AS layer, n.idx AS idx,
+       logit, rank, token_rank, n.explanation AS explanation
+ORDER BY logit, neuron
