@@ -6,13 +6,10 @@
 // @param method  follow only matches of this method (string, default: null = every method)
 // @param run     follow only matches of this matching run (string, default: null = every run)
 WITH $method AS only_method, $run AS only_run
-MATCH p = (n:Neuron {id: $neuron})-[:MATCHES*0..7]->(prev:Neuron)
-WHERE length(p) < $hops
+MATCH p = (n:Neuron {id: $neuron})-[:MATCHES*0..7]->(prev:Neuron)-[r:MATCHES]->(m:Neuron)
+WHERE length(p) <= $hops
   AND all(x IN relationships(p) WHERE (x.method = only_method OR only_method IS NULL) AND (x.run = only_run OR only_run IS NULL))
-WITH prev, min(length(p)) + 1 AS hops, only_method, only_run
-MATCH (prev)-[r:MATCHES]->(m:Neuron)
-WHERE (r.method = only_method OR only_method IS NULL) AND (r.run = only_run OR only_run IS NULL)
-RETURN hops, prev.id AS matched_from, m.id AS neuron, m.model AS model,
+RETURN min(length(p)) AS hops, prev.id AS matched_from, m.id AS neuron, m.model AS model,
        m.layer AS layer, m.idx AS idx, r.similarity AS similarity, r.method AS method,
        r.run AS run, m.explanation AS explanation
 ORDER BY hops, matched_from, neuron, method, run
