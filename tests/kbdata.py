@@ -226,6 +226,12 @@ def make_small_kb() -> KB:
                     n2g_nodes.append(grand)
                     prev.append({"src": child["id"], "dst": grand["id"]})
                     context.append({"src": nid, "dst": tid[gtext], "importance": grand["importance"]})
+            if text == " dog" and i % 8 == 0:  # a wildcard one step back: N2G's '*', token id -1
+                wild = {"id": f"{nid}/{path[0]}.-1", "neuron": nid, "model": model, "token": "*", "token_id": -1,
+                        "activation": _round(rng.uniform(1, 8)), "importance": _round(rng.uniform(0, 1)),
+                        "is_end": True, "depth": 1}
+                n2g_nodes.append(wild)
+                prev.append({"src": root["id"], "dst": wild["id"]})
     kb.nodes["N2GNode"] = pd.DataFrame(n2g_nodes)
     kb.rels["HAS_N2G_NODE"] = trie_members(kb.nodes["N2GNode"])
     kb.rels["N2G_ROOT"] = pd.DataFrame(roots)

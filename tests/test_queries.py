@@ -219,6 +219,7 @@ CASES = [
     ("fires_on_token", {"token": " dog", "context": " the", "model": "alpha"}, ["neuron", "context_matches"]),
     ("fires_on_token", {"token": " dog", "context": " sun"}, ["neuron"]),  # two back: not "right before"
     ("fires_on_token", {"token": " dog", "context": " rain"}, ["neuron"]),
+    ("fires_on_token", {"token": " dog", "context": "*"}, ["neuron", "context_matches"]),  # the wildcard
     ("fires_on_token", {"token": " dog", "min_layer": 1, "max_layer": 1}, ["neuron", "layer", "activation"]),
     ("n2g_graph", {"neuron": "alpha/0/0"}, ["id", "token", "token_id", "activation", "importance", "is_end", "depth"]),
     ("n2g_graph", {"neuron": "alpha/1/0"}, ["id", "token", "depth"]),
