@@ -311,7 +311,7 @@ def token_texts(tokenizer: PreTrainedTokenizerBase, ids) -> list[str]:
     """Each token's text: the token decoded on its own, leading space kept.
 
     A token that holds only part of a UTF-8 character decodes on its own to '\ufffd', and a
-    vocabulary has hundreds of them (SmolLM2: 314), so that text would name them all at once.
+    vocabulary has hundreds of them (SmolLM2: 313), so that text would name them all at once.
     Such a token is spelled by its bytes instead, undecodable ones escaped: '\\xe2\\x80', or
     ' \\xe2' with its space. The bytes come from the token's piece, through the byte-level
     alphabet (GPT-2-style BPE) or a byte-fallback piece ('<0xE2>', SentencePiece), and are used
@@ -320,11 +320,10 @@ def token_texts(tokenizer: PreTrainedTokenizerBase, ids) -> list[str]:
     ids = [int(i) for i in ids]
     texts = tokenizer.batch_decode([[i] for i in ids])
     broken = [k for k, text in enumerate(texts) if "\ufffd" in text]
-    if broken:
-        for k, piece in zip(broken, tokenizer.convert_ids_to_tokens([ids[k] for k in broken])):
-            raw = _piece_bytes(piece)
-            if raw is not None and raw.decode("utf-8", errors="replace") == texts[k]:
-                texts[k] = raw.decode("utf-8", errors="backslashreplace")
+    for k, piece in zip(broken, tokenizer.convert_ids_to_tokens([ids[k] for k in broken])):
+        raw = _piece_bytes(piece)
+        if raw is not None and raw.decode("utf-8", errors="replace") == texts[k]:
+            texts[k] = raw.decode("utf-8", errors="backslashreplace")
     return texts
 
 
