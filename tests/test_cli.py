@@ -219,9 +219,13 @@ def test_show_includes_the_n2g_graph(kb_path):
     text = invoke(kb_path, "show", "alpha/0/0").output
     graph = text.split("N2G graph (")[1].split("Explanations:")[0].splitlines()[1:]
     want = _kb_patterns("alpha/0/0")
+    assert any("*" in tokens for tokens, _ in want)  # the KB gives this neuron a wildcard context
+
+    def shown(t):  # tokens are quoted, the wildcard is not
+        return "*" if t == "*" else json.dumps(t)
+
     assert want and [line.strip() for line in graph if line.strip()] == [
-        f"{act:.2f}  {' '.join(json.dumps(t) for t in tokens[:-1])} [{json.dumps(tokens[-1])}]".replace("  [", "  [")
-        for tokens, act in want]
+        f"{act:.2f}  {' '.join(shown(t) for t in tokens[:-1])} [{shown(tokens[-1])}]" for tokens, act in want]
     card = json.loads(invoke(kb_path, "show", "alpha/0/0", "--format", "json").output)
     assert [(p["tokens"], p["activation"]) for p in card["n2g"]] == [(t, a) for t, a in want]
     assert "N2G graph (0 patterns" in invoke(kb_path, "show", "alpha/0/1").output
