@@ -284,7 +284,7 @@ def build(store: Store, synth: Synth, log: Callable[[str], None]) -> dict[str, f
 
 
 def query_params(model: str, tokens: list[str], neurons: list[str], filters: list[dict],
-                 chains: list[dict]) -> dict[str, list[dict]]:
+                 chains: list[dict], n2g_neurons: list[str] | None = None) -> dict[str, list[dict]]:
     """Parameters per named query (several values, cycled through the runs); every named query must have some."""
     every = {
         "models": [{}],
@@ -296,7 +296,8 @@ def query_params(model: str, tokens: list[str], neurons: list[str], filters: lis
         "explanations_containing": [{"phrase": w, "limit": 50} for w in ("dog", "Rain", "code")],
         **{name: [{"neuron": n} for n in neurons]
            for name in ("neuron_card", "neuron_promotes", "neuron_suppresses", "neuron_reads", "neuron_explanations",
-                        "top_records", "similar_neurons", "n2g_graph")},
+                        "top_records", "similar_neurons")},
+        "n2g_graph": [{"neuron": n} for n in n2g_neurons or neurons],
         "match_chain": chains,
     }
     missing = {q.name for q in queries.all_queries()} - set(every)
@@ -352,8 +353,16 @@ def real_workload(store: Store, seed: int = 1) -> tuple[dict[str, list[dict]], l
     tokens = list(dict.fromkeys([" dog", " the"] + popular + some))
     filters = [{"model": model, "min_layer": lo, "max_layer": lo + 2, "max_density": 0.05}
                for lo in range(0, max(1, layers - 2), max(1, layers // 3))]
-    chains = [{"neuron": n, "hops": 4} for n in neurons[:8]]
-    return query_params(model, tokens, neurons, filters, chains), neurons
+    # Graphs and chains from neurons that have them where the KB has any (the demo builds N2G
+    # for layer 0 only, and stores matches only after nkb match), so the data path is timed.
+    with_graph = store.cypher("MATCH (n:Neuron)-[:N2G_ROOT]->() WHERE n.model = $m RETURN DISTINCT n.id AS id "
+                              "ORDER BY id", {"m": model})["id"].tolist()
+    matched = store.cypher("MATCH (n:Neuron)-[:MATCHES]->() WHERE n.model = $m RETURN DISTINCT n.id AS id "
+                           "ORDER BY id", {"m": model})["id"].tolist()
+    n2g_neurons = [str(x) for x in rng.choice(with_graph, min(16, len(with_graph)), replace=False)] if with_graph else None
+    starts = [str(x) for x in rng.choice(matched, min(8, len(matched)), replace=False)] if matched else neurons[:8]
+    chains = [{"neuron": n, "hops": 4} for n in starts]
+    return query_params(model, tokens, neurons, filters, chains, n2g_neurons), neurons
 
 
 def bench_real(url: str, args, log) -> dict:
