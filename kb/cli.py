@@ -350,7 +350,7 @@ def delete_model(model: str, yes: bool, store_url: str | None) -> None:
 @click.option("--suppresses", "suppresses", metavar="TOKEN", help="Instead: the neurons that most suppress TOKEN.")
 @click.option("--reads", "reads", metavar="TOKEN", help="Instead: the neurons whose input weights read TOKEN most.")
 @click.option("--fires-on", "fires_on", metavar="TOKEN",
-              help='Instead: neurons whose Neuron-to-Graph graph fires on TOKEN, exactly as decoded (" all").')
+              help='Instead: neurons whose Neuron-to-Graph graph fires on TOKEN, exactly as its text is stored (" all").')
 @click.option("--after", metavar="TOKEN", help="With --fires-on: only where the token right before it in the graph is TOKEN.")
 @click.option("--k", "--limit", "k", type=int, default=20, show_default=True, help="Neurons to return.")
 @store_option

@@ -154,9 +154,9 @@ NODES: tuple[NodeType, ...] = (
     ),
     NodeType(
         "TokenText",
-        (_p("id", STRING, "a token's decoded text, leading space kept, e.g. ' dog'"),),
-        "The way in from a token's text: one node per distinct text, SPELLS to every Token that "
-        "decodes to it (in every tokenizer). A lookup by text is then a key lookup on both engines; "
+        (_p("id", STRING, "a token's text (Token.text), leading space kept, e.g. ' dog'"),),
+        "The way in from a token's text: one node per distinct text, SPELLS to every Token with "
+        "that text (in every tokenizer). A lookup by text is then a key lookup on both engines; "
         "the embedded engine has no index on Token.text and would scan the vocabulary.",
         id_format="the text itself (the empty text of padding rows has no TokenText)",
     ),
@@ -273,7 +273,7 @@ RELS: tuple[RelType, ...] = (
     ),
     RelType("FIRES_ON", _N, "Token", (_p("activation", DOUBLE),), "N2G token index: the neuron fires on this token."),
     RelType("CONTEXT", _N, "Token", (_p("importance", DOUBLE),), "N2G token index: this token in the context matters."),
-    RelType("SPELLS", "TokenText", "Token", (), "The token decodes to this text."),
+    RelType("SPELLS", "TokenText", "Token", (), "This is the token's text (Token.text)."),
     RelType("N2G_ROOT", _N, "N2GNode", (), "Entry points of the neuron's N2G trie."),
     RelType("HAS_N2G_NODE", _N, "N2GNode", (), "Every node of the neuron's N2G trie (the roots too)."),
     RelType("N2G_PREV", "N2GNode", "N2GNode", (), "Walks one token further back in the context."),

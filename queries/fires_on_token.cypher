@@ -12,9 +12,11 @@
 MATCH (:TokenText {id: $token})-[:SPELLS]->(t:Token)<-[f:FIRES_ON]-(n:Neuron)
 WHERE (n.model = $model OR $model IS NULL)
   AND (n.layer >= $min_layer OR $min_layer IS NULL) AND (n.layer <= $max_layer OR $max_layer IS NULL)
-// The context's nodes are found by key (<neuron>/<firing token id>.<context token id>, -1 for
-// the wildcard '*'): walking the trie made LadybugDB scan every N2G node.
+// The context's nodes are found by key (<neuron>/<firing token id>.<context token id>, in the
+// firing token's tokenizer; -1 for the wildcard '*'): walking the trie made LadybugDB scan
+// every N2G node.
 OPTIONAL MATCH (:TokenText {id: $context})-[:SPELLS]->(c:Token)
+WHERE c.tokenizer = t.tokenizer
 WITH n, f, t, collect(c.token_id) + CASE WHEN $context = '*' THEN [-1] ELSE [] END AS context_ids
 UNWIND CASE WHEN size(context_ids) = 0 THEN [null] ELSE context_ids END AS context_id
 OPTIONAL MATCH (back:N2GNode {id: n.id + '/' + toString(t.token_id) + '.' + toString(context_id)})

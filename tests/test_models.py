@@ -216,7 +216,6 @@ def test_bundled_smollm2_loads_and_predicts():
     assert int(logits_of_cat.argmax()) == cat[0]
 
 
-@pytest.mark.slow
 def test_tokens_that_split_a_character_are_spelled_by_their_bytes():
     tok = load_model("smollm2-135m").tokenizer
     texts = token_texts(tok, range(len(tok)))
@@ -241,6 +240,7 @@ def test_byte_pieces_are_read_as_bytes():
     assert _piece_bytes("▁caf") is None and _piece_bytes("") is None and _piece_bytes(None) is None
 
 
+@pytest.mark.slow
 def test_a_gguf_is_converted_once_and_the_conversion_holds_the_gguf(tmp_path, monkeypatch):
     import ingest.models as models
 

@@ -220,6 +220,7 @@ CASES = [
     ("fires_on_token", {"token": " dog", "context": " sun"}, ["neuron"]),  # two back: not "right before"
     ("fires_on_token", {"token": " dog", "context": " rain"}, ["neuron"]),
     ("fires_on_token", {"token": " dog", "context": "*"}, ["neuron", "context_matches"]),  # the wildcard
+    ("fires_on_token", {"token": " dog", "context": "no such token"}, ["neuron"]),
     ("fires_on_token", {"token": " dog", "min_layer": 1, "max_layer": 1}, ["neuron", "layer", "activation"]),
     ("n2g_graph", {"neuron": "alpha/0/0"}, ["id", "token", "token_id", "activation", "importance", "is_end", "depth"]),
     ("n2g_graph", {"neuron": "alpha/1/0"}, ["id", "token", "depth"]),
@@ -277,10 +278,40 @@ def test_query_returns_expected_rows(kb_store, name, params, columns):
         assert all(_same(a, b) for a, b in zip(g, w)), f"{name}{params} row {i}: got {g}, expected {w}"
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fires_on_token_reads_the_context_in_the_firing_tokens_tokenizer(engine, tmp_path, request):
+    """TokenText spells tokens of every tokenizer: a context text that another tokenizer spells
+    with another id, or with the same one, must not change which trie nodes count."""
+    from kb.ids import token_id
+    from kbdata import VOCAB
+
+    store = open_store(_store_url(engine, tmp_path, request), create=True)
+    try:
+        build_small_kb(store)
+        hot, the = VOCAB.index(" hot"), VOCAB.index(" the")
+        # "other" spells every text as the KB's tokenizer does (same ids: a context counted twice
+        # if the tokenizer were ignored); "swap" spells " the" with the id of " hot".
+        other = pd.DataFrame({"id": [token_id("tok-other", i) for i in range(len(VOCAB))], "tokenizer": "tok-other",
+                              "token_id": range(len(VOCAB)), "text": VOCAB})
+        swap = pd.DataFrame({"id": [token_id("tok-swap", hot)], "tokenizer": "tok-swap", "token_id": [hot],
+                             "text": [" the"]})
+        for tokens in (other, swap):
+            store.upsert_nodes("Token", tokens)
+            store.upsert_rels("SPELLS", pd.DataFrame({"src": tokens["text"], "dst": tokens["id"]}))
+        assert the != hot
+        for params in ({"token": " dog", "context": " the"}, {"token": " dog", "context": " hot"}):
+            got = queries.run(store, "fires_on_token", params)
+            want = exp_fires_on_token(params)
+            assert len(want) and (got[["neuron", "context_matches"]].values.tolist()
+                                  == want[["neuron", "context_matches"]].values.tolist()), params
+    finally:
+        store.close()
+
+
 def test_cases_are_not_vacuous():
     """Most cases must expect rows, so an always-empty query cannot pass."""
     empty = [(n, p) for n, p, _ in CASES if globals()[f"exp_{n}"](p).empty]
-    assert sorted(n for n, _ in empty) == ["fires_on_token", "fires_on_token", "neuron_card"], empty
+    assert sorted(n for n, _ in empty) == ["fires_on_token"] * 3 + ["neuron_card"], empty
 
 
 def test_every_query_has_a_case():
