@@ -390,7 +390,19 @@ def search(text: str | None, model: str | None, layers: str | None, min_score: f
             df = vectors.token_neurons(store, token, relation, model=model, k=k)
         else:
             df = vectors.search(store, text, model=model, layers=layers, min_score=min_score, k=k)
+        if df.empty and text is None:
+            _check_token_texts(store, [t for t in (fires_on, after, *by_token.values()) if t is not None])
     _echo_rows(df, fmt)
+
+
+def _check_token_texts(store, texts: list[str]) -> None:
+    """Refuse a token text that is no token's text: a search by it can only come back empty."""
+    known = set(store.cypher("MATCH (t:TokenText) WHERE t.id IN $texts RETURN t.id AS id", {"texts": texts})["id"])
+    unknown = [t for t in texts if t not in known]
+    if unknown:
+        raise NkbError(f"no token's text is '{unknown[0]}'",
+                       "a token's text keeps its leading space, as in ' dog', and a token that holds part of a "
+                       "character is spelled by its bytes, as in '\\xf0\\x9f'")
 
 
 def _method_option(default: str):

@@ -231,6 +231,14 @@ def test_show_includes_the_n2g_graph(kb_path):
     assert "N2G graph (0 patterns" in invoke(kb_path, "show", "alpha/0/1").output
 
 
+def test_a_search_by_an_unknown_token_text_names_it(kb_path):
+    result = invoke(kb_path, "search", "--fires-on", " dog", "--after", "no such token")
+    assert result.exit_code == 1 and "no token's text is 'no such token'" in result.output
+    # A text the vocabulary has is no error, whatever the search finds.
+    assert " puppy" in KB.nodes["TokenText"]["id"].tolist()
+    assert invoke(kb_path, "search", "--fires-on", " puppy", "--after", " puppy").exit_code == 0
+
+
 def test_search_fires_on_after(kb_path):
     rows = json.loads(invoke(kb_path, "search", "--fires-on", " dog", "--after", " hot", "--format", "json").output)
     fires = KB.rels["FIRES_ON"].merge(KB.nodes["Token"], left_on="dst", right_on="id")
@@ -342,6 +350,10 @@ def test_real_subprocess(kb_path, tmp_path):
     (["show", "alpha/9/9"], "Error: no neuron 'alpha/9/9' in the store (model alpha has no such neuron; "
                             "list its neurons with `nkb query --name neurons_filter --param model=alpha`)"),
     (["show", "gamma/0/0"], "Error: no neuron 'gamma/0/0' in the store (models in this store: alpha, beta)"),
+    (["search", "--promotes", "🙂"], "Error: no token's text is '🙂' (a token's text keeps its leading space, as in "
+                                     "' dog', and a token that holds part of a character is spelled by its bytes, "
+                                     "as in '\\xf0\\x9f')"),
+    (["search", "--fires-on", " dog", "--after", "no such token"], None),
     (["delete-model", "gamma", "--yes"], None),
     (["query", "MATCH (n:Neuron RETURN n"], None),
     (["query", "MATCH (n:Nope) RETURN n"], None),
