@@ -55,6 +55,7 @@ from ingest.corpus import load_corpus, make_windows
 from ingest.lmhead import decode_layer, unembedding
 from ingest.memory import forward_tensor_bytes, tune_heap
 from ingest.models import LoadedModel, load_model
+from ingest.stages.model import window_prefix
 
 Log = Callable[[str], None]
 
@@ -407,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     log(f"loaded {lm.source} in {time.perf_counter() - t0:.1f} s: {lm.adapter}")
     heap_tuned = not args.glibc_heap and tune_heap(  # as nkb ingest does
-        forward_tensor_bytes(lm.adapter.d_mlp, args.batch_size, args.window + 1))
+        forward_tensor_bytes(lm.adapter.d_mlp, args.batch_size, args.window + len(window_prefix(lm.tokenizer))))
     report: dict = {"model": args.model, "dtype": args.dtype, "machine": machine_info(str(lm.device)),
                     "heap_tuned": heap_tuned, "load_average_before": _load_average()}
     if not args.skip_activations:

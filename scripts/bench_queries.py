@@ -355,13 +355,13 @@ def real_workload(store: Store, seed: int = 1) -> tuple[dict[str, list[dict]], l
                for lo in range(0, max(1, layers - 2), max(1, layers // 3))]
     # Graphs and chains from neurons that have them where the KB has any (the demo builds N2G
     # for layer 0 only, and stores matches only after nkb match), so the data path is timed.
-    with_graph = store.cypher("MATCH (n:Neuron)-[:N2G_ROOT]->() WHERE n.model = $m RETURN DISTINCT n.id AS id "
-                              "ORDER BY id", {"m": model})["id"].tolist()
-    matched = store.cypher("MATCH (n:Neuron)-[:MATCHES]->() WHERE n.model = $m RETURN DISTINCT n.id AS id "
-                           "ORDER BY id", {"m": model})["id"].tolist()
-    n2g_neurons = [str(x) for x in rng.choice(with_graph, min(16, len(with_graph)), replace=False)] if with_graph else None
-    starts = [str(x) for x in rng.choice(matched, min(8, len(matched)), replace=False)] if matched else neurons[:8]
-    chains = [{"neuron": n, "hops": 4} for n in starts]
+    def having(rel: str, k: int) -> list[str] | None:
+        ids = store.cypher(f"MATCH (n:Neuron)-[:{rel}]->() WHERE n.model = $m RETURN DISTINCT n.id AS id ORDER BY id",
+                           {"m": model})["id"].tolist()
+        return [str(x) for x in rng.choice(ids, min(k, len(ids)), replace=False)] if ids else None
+
+    n2g_neurons = having("N2G_ROOT", 16)
+    chains = [{"neuron": n, "hops": 4} for n in having("MATCHES", 8) or neurons[:8]]
     return query_params(model, tokens, neurons, filters, chains, n2g_neurons), neurons
 
 
