@@ -6,6 +6,10 @@ layer at once, and recomputes statistics and record selections with numpy sorts.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -399,11 +403,13 @@ def test_partial_results_of_a_planned_pass_hold_only_windows_seen():
         c.process(tokens[:60], 100)
 
 
-def test_records_kept_as_float16_store_the_bytes_float32_would():
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "eager"])
+def test_window_pass_keeps_the_bytes_float32_would_store(compiled):
     """The pass rounds record activations to float16 (torch) where the stage used to round the
     float32 values when encoding them (numpy, kb.records): the stored strings must not change.
-    Includes values past float16's range, subnormals, exact ties and negative zero."""
-    from ingest.activations.buffers import as_record
+    Includes values past float16's range, subnormals, exact ties and negative zero. The same
+    pass gives each window's statistics partials, checked against numpy, compiled or not."""
+    from ingest.activations.fused import MAX, MIN, POS, SQ, SUM, WindowPass
     from kb.records import encode_activations_array
 
     rng = np.random.default_rng(0)
@@ -411,9 +417,79 @@ def test_records_kept_as_float16_store_the_bytes_float32_would():
         rng.standard_normal((200, 64)) * 10.0 ** rng.integers(-9, 6, (200, 1)),
         np.array([[70000.0, -70000.0, 65504.0, 65520.0, 1e-8, -1e-8, 6e-8, 2.0**-24 * 1.5, -0.0]
                   + [1.0 + 2.0**-11] * 55]),  # 1 + 2^-11 lies halfway between two float16 values
+        np.zeros((1, 64)), -np.ones((1, 64)), np.full((1, 64), 1e6),  # ties everywhere: the first is the max's
     ]).astype(np.float32)
-    half, peak, position = as_record(torch.from_numpy(values))
-    assert encode_activations_array(half.float().numpy()).equals(encode_activations_array(values))
-    assert np.array_equal(half.numpy().view(np.uint16),
-                          np.clip(values, -65504, 65504).astype(np.float16).view(np.uint16))
-    assert np.array_equal(peak.numpy(), values.max(1)) and np.array_equal(position.numpy(), values.argmax(1))
+    batch, d = 2, len(values) // 2  # window b's neuron n is row b * d + n
+    x = torch.from_numpy(values.reshape(batch, d, 64).transpose(0, 2, 1).copy())  # [batch, tokens, d]
+    part, half = torch.empty((5, batch, d)), torch.empty((batch, d, 64), dtype=torch.float16)
+    position = torch.empty((batch, d), dtype=torch.int32)
+    fold = WindowPass(compile=compiled)
+    with torch.inference_mode():
+        fold(x, part, half, position)
+    assert fold.compiled == compiled
+    half = half.view(-1, 64).numpy()
+    assert encode_activations_array(half.astype(np.float32)).equals(encode_activations_array(values))
+    assert np.array_equal(half.view(np.uint16), np.clip(values, -65504, 65504).astype(np.float16).view(np.uint16))
+    part = part.view(5, -1).numpy()
+    assert np.array_equal(part[MAX], values.max(1)) and np.array_equal(part[MIN], values.min(1))
+    assert np.array_equal(position.view(-1).numpy(), values.argmax(1))
+    assert np.array_equal(part[POS], (values > 0).sum(1))
+    exact = values.astype(np.float64)
+    scale = np.abs(exact).sum(1)
+    assert np.all(np.abs(part[SUM] - exact.sum(1)) <= 1e-6 * scale)
+    centred = (exact - (part[SUM] / np.float32(64)).astype(np.float64)[:, None]) ** 2
+    assert np.all(np.abs(part[SQ] - centred.sum(1)) <= 1e-5 * centred.sum(1) + 1e-30)
+
+
+def test_compiled_window_pass_equals_eager_on_real_shapes():
+    """The compiled kernel and the eager function agree: the same bits for everything but the
+    sums, which agree to float32 rounding; a bfloat16 input is read as float32 by both."""
+    from ingest.activations.fused import SQ, SUM, WindowPass
+
+    rng = np.random.default_rng(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        full = torch.from_numpy(rng.standard_normal((5, 65, 96)).astype(np.float32)).to(dtype)
+        x = full[:, 1:]  # the hook's BOS slice: a strided view
+        outs = []
+        for compiled in (True, False):
+            out = (torch.empty((5, 5, 96)), torch.empty((5, 96, 64), dtype=torch.float16),
+                   torch.empty((5, 96), dtype=torch.int32))
+            with torch.inference_mode():
+                WindowPass(compile=compiled)(x, *out)
+            outs.append(out)
+        (pc, hc, qc), (pe, he, qe) = outs
+        assert torch.equal(hc, he) and torch.equal(qc, qe)
+        exact = [i for i in range(5) if i not in (SUM, SQ)]
+        assert torch.equal(pc[exact], pe[exact])
+        torch.testing.assert_close(pc[[SUM, SQ]], pe[[SUM, SQ]], rtol=1e-5, atol=1e-5)
+
+
+def test_window_pass_runs_eagerly_where_compiling_fails(tmp_path):
+    """No C++ compiler (and no cached build): one warning, then the same results from the eager
+    function. A subprocess, so that the compiler setting and the empty cache are its own."""
+    code = (
+        "import torch\n"
+        "from ingest.activations.fused import WindowPass\n"
+        "x = torch.randn(2, 8, 16)\n"
+        "out = (torch.empty(5, 2, 16), torch.empty(2, 16, 8, dtype=torch.float16), torch.empty(2, 16, dtype=torch.int32))\n"
+        "fold = WindowPass(compile=True)\n"
+        "fold(x, *out)\n"
+        "print('compiled' if fold.compiled else 'eager', torch.equal(out[0][0], x.amax(1)))\n"
+    )
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["eager", "True"]
+    warning = [line for line in done.stderr.splitlines() if "compiling the activation pass's kernel failed" in line]
+    assert len(warning) == 1 and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("setting, compiled", [(None, True), ("0", False)])
+def test_the_pass_compiles_on_cpu_unless_told_not_to(monkeypatch, setting, compiled):
+    if setting is None:
+        monkeypatch.delenv("NKB_COMPILE", raising=False)
+    else:
+        monkeypatch.setenv("NKB_COMPILE", setting)
+    adapter = adapter_for(tiny_llama())
+    c = ActivationCollector(adapter, [0], WINDOW, CFG, bos_id=None, n_windows=N_WINDOWS)
+    assert c._window_pass.compiled == compiled

@@ -4,8 +4,9 @@ sampled records, decided before it (``Planned``).
 Record activations are kept as float16, the precision the graph stores them in
 (``kb.records``: the same clip to +-65504 and the same round to nearest, so the stored bytes do
 not change), which halves the pass's largest state. A record's ``max`` and ``position`` are
-taken from the float32 values before that rounding (``as_record``), so they agree exactly with
-the per-window max that chose the record and with the statistics.
+taken from the float32 values before that rounding (``fused.window_pass``), so they agree
+exactly with the per-window max that chose the record and with the statistics. The buffers
+take records as ``Rows``: window b's neuron n at row ``b * d + n``.
 """
 
 from __future__ import annotations
@@ -17,14 +18,19 @@ import torch
 
 from ingest.activations.config import refuse_checkpoint
 from ingest.activations.keys import INT64_MIN
-from kb.records import HALF_MAX
 
 
 
-def as_record(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """float32 activations [..., window] -> (float16 values, max, first position of the max)."""
-    peak, position = values.max(-1)  # torch returns the first of equal maxima, as numpy's argmax
-    return values.clamp(-HALF_MAX, HALF_MAX).to(torch.float16), peak, position.to(torch.int32)
+class Rows(NamedTuple):
+    """A batch's records, one row per (window b, neuron n) at ``b * d + n``: ``half`` [B * d,
+    window] float16 activations, ``peak`` [B * d] float32 max and ``position`` [B * d] int32."""
+
+    half: torch.Tensor
+    peak: torch.Tensor
+    position: torch.Tensor
+
+    def select(self, row: torch.Tensor) -> Rows:
+        return Rows(self.half.index_select(0, row), self.peak.index_select(0, row), self.position.index_select(0, row))
 
 
 class Kept(NamedTuple):
@@ -62,9 +68,8 @@ class TopK:
         self.position = torch.zeros((d, k), dtype=torch.int32, device=device)
         self.smallest = torch.full((d,), INT64_MIN, dtype=torch.int64, device=device)  # a candidate must beat it
 
-    def merge_pairs(self, neuron: torch.Tensor, key: torch.Tensor, window: torch.Tensor,
-                    payload: torch.Tensor) -> None:
-        """Fold in P candidates: ``neuron``, ``key``, ``window`` [P], ``payload`` [P, window] float32."""
+    def merge_pairs(self, neuron: torch.Tensor, key: torch.Tensor, window: torch.Tensor, record: Rows) -> None:
+        """Fold in P candidates: ``neuron``, ``key``, ``window`` [P] and their ``record`` (P rows)."""
         if self.k == 0 or neuron.numel() == 0:
             return
         k, dev = self.k, neuron.device
@@ -95,14 +100,14 @@ class TopK:
         self.key[n_idx, evict_slot] = cand_key[take_r, take_c]
         take = src.clamp(min=0)
         self.window[n_idx, evict_slot] = torch.where(real, window[take], -1)
-        half, peak, position = as_record(payload.index_select(0, take))
-        self.payload[n_idx, evict_slot] = half
-        self.peak[n_idx, evict_slot] = peak
-        self.position[n_idx, evict_slot] = position
+        taken = record.select(take)
+        self.payload[n_idx, evict_slot] = taken.half
+        self.peak[n_idx, evict_slot] = taken.peak
+        self.position[n_idx, evict_slot] = taken.position
         self.smallest[rows] = self.key[rows].amin(1)
 
-    def merge_dense(self, key: torch.Tensor, windows: torch.Tensor, src: torch.Tensor) -> None:
-        """Fold in a batch: ``key`` [B, d], ``windows`` [B], ``src`` [B, d, window] every entry's float32 activations."""
+    def merge_dense(self, key: torch.Tensor, windows: torch.Tensor, record: Rows) -> None:
+        """Fold in a batch: ``key`` [B, d], ``windows`` [B] and every entry's ``record`` (B * d rows)."""
         if self.k == 0:
             return
         k = self.k
@@ -112,12 +117,15 @@ class TopK:
         self.key = top
         window = torch.where(from_buf, self.window.gather(1, old), windows[new])
         self.window = torch.where(top == INT64_MIN, -1, window)
+        # Entry (window new, neuron n) of the batch is its row new * d + n.
+        d = key.shape[1]
+        row = (new * d + torch.arange(d, device=new.device)[:, None]).reshape(-1)
+        taken = record.select(row)
         shape = (*idx.shape, self.payload.shape[2])
         kept = self.payload.gather(1, old[..., None].expand(shape))
-        half, peak, position = as_record(src.transpose(0, 1).gather(1, new[..., None].expand(shape)))
-        self.payload = torch.where(from_buf[..., None], kept, half)
-        self.peak = torch.where(from_buf, self.peak.gather(1, old), peak)
-        self.position = torch.where(from_buf, self.position.gather(1, old), position)
+        self.payload = torch.where(from_buf[..., None], kept, taken.half.view(shape))
+        self.peak = torch.where(from_buf, self.peak.gather(1, old), taken.peak.view(idx.shape))
+        self.position = torch.where(from_buf, self.position.gather(1, old), taken.position.view(idx.shape))
         self.smallest = top.amin(1)
 
     _STATE = ("key", "window", "payload", "peak", "position")
@@ -142,8 +150,8 @@ class TopK:
 
 class Candidates:
     """Top-record candidates waiting for a bulk merge into ``TopK`` (the CPU path), held in
-    buffers allocated once per layer: ``neuron``, ``key``, ``window`` [capacity] and
-    ``payload`` [capacity, window] float32 activations.
+    buffers allocated once per layer: ``neuron``, ``key``, ``window`` [capacity] and their
+    records (``Rows`` of ``capacity`` rows).
 
     They used to wait as a list of per-batch tensors, which lived across batches scattered
     among the forward pass's transient tensors and kept glibc from reusing its heap: with
@@ -156,25 +164,27 @@ class Candidates:
         self.neuron = torch.empty(capacity, dtype=torch.int64, device=device)
         self.key = torch.empty(capacity, dtype=torch.int64, device=device)
         self.window = torch.empty(capacity, dtype=torch.int64, device=device)
-        self.payload = torch.empty((capacity, window), dtype=torch.float32, device=device)
+        self.record = Rows(torch.empty((capacity, window), dtype=torch.float16, device=device),
+                           torch.empty(capacity, dtype=torch.float32, device=device),
+                           torch.empty(capacity, dtype=torch.int32, device=device))
         self.n = 0
 
     def fits(self, p: int) -> bool:
         return self.n + p <= self.capacity
 
-    def add(self, neuron: torch.Tensor, key: torch.Tensor, window: torch.Tensor, rows: torch.Tensor,
+    def add(self, neuron: torch.Tensor, key: torch.Tensor, window: torch.Tensor, rows: Rows,
             row: torch.Tensor) -> None:
-        """Append P candidates (the caller checked ``fits(P)``), each one's activations
-        ``rows[row[i]]`` ([N, window] float32, ``row`` [P])."""
+        """Append P candidates (the caller checked ``fits(P)``), each one's record at ``row[i]`` of ``rows``."""
         i, j = self.n, self.n + neuron.numel()
         self.neuron[i:j], self.key[i:j], self.window[i:j] = neuron, key, window
-        torch.index_select(rows, 0, row, out=self.payload[i:j])
+        for src, out in zip(rows, self.record):
+            torch.index_select(src, 0, row, out=out[i:j])
         self.n = j
 
-    def take(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def take(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Rows]:
         """The waiting candidates (views of the buffers, valid until the next ``add``); empties the buffer."""
         n, self.n = self.n, 0
-        return self.neuron[:n], self.key[:n], self.window[:n], self.payload[:n]
+        return self.neuron[:n], self.key[:n], self.window[:n], Rows(*(part[:n] for part in self.record))
 
 
 class Planned:
@@ -213,9 +223,9 @@ class Planned:
     def _state_names(self) -> tuple[str, ...]:
         return ("payload", "peak", "position") if self.records else ("payload",)
 
-    def add(self, first_window: int, batch: int, src: torch.Tensor) -> None:
+    def add(self, first_window: int, batch: int, src: Rows | torch.Tensor) -> None:
         """Copy the payloads of planned windows ``first_window .. + batch - 1`` from ``src``: window
-        b's neuron n at row b * d + n ([B * d, window] float32 activations, or [B * d] values)."""
+        b's neuron n at row b * d + n (``Rows``, or [B * d] values)."""
         # int32 needles: int64 ones would make numpy convert the whole int32 haystack first.
         lo, hi = np.searchsorted(self._entry_window, np.array([first_window, first_window + batch], dtype=np.int32))
         if lo == hi:
@@ -224,7 +234,8 @@ class Planned:
         if not self.records:
             torch.index_select(src, 0, row, out=self.payload[lo:hi])
             return
-        self.payload[lo:hi], self.peak[lo:hi], self.position[lo:hi] = as_record(src.index_select(0, row))
+        for part, out in zip(src, (self.payload, self.peak, self.position)):
+            torch.index_select(part, 0, row, out=out[lo:hi])
 
     def results(self, windows_done: int) -> Kept:
         """Each row in plan order; entries of windows not yet seen are invalid."""

@@ -25,11 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ingest.activations.buffers import Candidates, Planned, TopK
+from ingest.activations.buffers import Candidates, Planned, Rows, TopK
 from ingest.activations.config import LayerResults, RecordConfig, refuse_checkpoint
 from ingest.activations.frames import boundaries, quantile_records, records
 from ingest.activations.keys import key_values, plan_windows, value_keys
-from ingest.activations.stats import GROUP, MAX, RunningStats, window_partials
+from ingest.activations.fused import MAX, WindowPass, compile_enabled
+from ingest.activations.stats import GROUP, RunningStats
 from kb.errors import IngestError
 
 CHECKPOINT_FORMAT = 5  # 5: planned samples kept in window order; 4: record activations as float16
@@ -87,7 +88,7 @@ def buffer_bytes(d_mlp: int, window: int, cfg: RecordConfig) -> int:
     and holds none, 4 MB less)."""
     record = 2 * window + 4 + 4  # float16 activations of one record, its max and its position
     q = cfg.n_quantiles > 0
-    waiting = wait_capacity(d_mlp, cfg) * (3 * 8 + 4 * window)  # neuron, key, window; float32 activations
+    waiting = wait_capacity(d_mlp, cfg) * (3 * 8 + record)  # neuron, key, window; the record
     return waiting + d_mlp * (
         cfg.top_k * (8 + 8 + record)  # key, window, record
         + (cfg.n_random + (cfg.reservoir if q else 0)) * (4 + 4 + record)  # planned window and slot, record
@@ -144,6 +145,20 @@ class ActivationCollector:
             self._state = {layer: LayerState(layer, d, self.window, cfg, self.device, self.n_windows, waiting)
                            for layer in layers}
         self._scratch: dict[str, torch.Tensor] = {}
+        # CPU: the hook's one read of the activations compiled into a single kernel (``fused``).
+        self._window_pass = WindowPass(compile=self.device.type == "cpu" and compile_enabled())
+        if self._window_pass.compiled:
+            self._compile()
+
+    def _compile(self) -> None:
+        """Build the kernel now, on a stand-in batch laid out as the hook's will be, so that the
+        first batch does not pay for it (setup time, not pass time)."""
+        d, tokens, skip = self.adapter.d_mlp, self.window, int(self.bos_id is not None)
+        with torch.inference_mode():  # as the hook's tensors are: a tensor made outside would compile twice
+            x = torch.zeros((2, skip + tokens, d), dtype=self.dtype, device=self.device)[:, skip:]
+            self._observe(lambda: self._window_pass(
+                x, self._buffer("part", (5, 2, d), torch.float32), self._buffer("half", (2, d, tokens), torch.float16),
+                self._buffer("position", (2, d), torch.int32)))
 
     # --- identity, for checkpoints -------------------------------------------------------
     def _identity(self) -> dict:
@@ -196,7 +211,7 @@ class ActivationCollector:
         handles = []
         for layer in self.layers:
             def hook(module, args, layer=layer):
-                self._observe(self._state[layer], args[0])
+                self._observe(lambda: self._observe_batch(self._state[layer], args[0]))
                 if layer == last:
                     raise _StopForward
             handles.append(self.adapter.neuron_module(layer).register_forward_pre_hook(hook))
@@ -210,15 +225,16 @@ class ActivationCollector:
                 h.remove()
         self.windows_done += batch
 
-    def _observe(self, st: LayerState, x: torch.Tensor) -> None:
+    def _observe(self, work) -> None:
+        """Run the hook's ``work`` on the hook's threads."""
         threads = self._hook_threads
         if threads is None:
-            self._observe_batch(st, x)
+            work()
             return
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            self._observe_batch(st, x)
+            work()
         finally:
             torch.set_num_threads(before)
 
@@ -226,42 +242,39 @@ class ActivationCollector:
         """Fold one layer's activations [B, (1 +) window, d_mlp] into its state."""
         if self.bos_id is not None:
             x = x[:, 1:]  # the BOS position is an attention sink, not corpus text
-        if x.dtype != torch.float32:
-            x = self._buffer("x", x.shape, torch.float32).copy_(x)
         batch, tokens, d = x.shape
         first = self._first_window
 
+        # One read of the activations gives the statistics' partials and every (window, neuron)
+        # pair's record as a row: each record kept below is a row lookup.
         part = self._buffer("part", (5, batch, d), torch.float32)
-        scratch = self._buffer("c", x.shape, torch.float32)
-        window_partials(x, part, scratch)
+        half = self._buffer("half", (batch, d, tokens), torch.float16)
+        position = self._buffer("position", (batch, d), torch.int32)
+        self._window_pass(x, part, half, position)
         if st.stats.add(part, first, tokens):
             self._merge_top(st)  # refresh the candidate threshold once per group
-
-        # Records are copied as rows: (window b, neuron n)'s activations are row b * d + n, one
-        # contiguous block (the transposed copy takes ~1.8 ms per layer and batch of 16). Gathered
-        # from x directly, a record reads its values d apart: 4.3 ms for 14k records, 0.4 ms as rows.
-        rows = scratch.view(batch, d, tokens).copy_(x.transpose(1, 2)).view(batch * d, tokens)
         wmax = part[MAX]
+        rows = Rows(half.view(batch * d, tokens), wmax.view(-1), position.view(-1))
         if self._sparse:
             # Candidates beat the k-th max as of the last merge: a superset of the true ones.
             flat = torch.nonzero((wmax > st.top_bar).view(-1)).squeeze(1)
             if p := flat.numel():
                 n = flat % d
                 w = flat // d + first
-                key = value_keys(wmax.view(-1)[flat], w)
+                key = value_keys(rows.peak[flat], w)
                 if not st.waiting.fits(p):
                     self._merge_top(st)
                 if st.waiting.fits(p):
                     st.waiting.add(n, key, w, rows, flat)
                 else:  # more than a buffer's worth in one batch (early in the pass): merge them now
-                    st.top.merge_pairs(n, key, w, rows.index_select(0, flat))
+                    st.top.merge_pairs(n, key, w, rows.select(flat))
                     st.top_bar = key_values(st.top.smallest)
         else:
             windows = torch.arange(first, first + batch, device=self.device)
-            st.top.merge_dense(value_keys(wmax, windows[:, None]), windows, rows.view(batch, d, tokens))
+            st.top.merge_dense(value_keys(wmax, windows[:, None]), windows, rows)
         st.random.add(first, batch, rows)
         st.reservoir.add(first, batch, rows)
-        st.boundary.add(first, batch, wmax.reshape(-1))
+        st.boundary.add(first, batch, rows.peak)
 
     def _merge_top(self, st: LayerState) -> None:
         if not st.waiting.n:

@@ -2,10 +2,11 @@
 
 max, min, mean, population variance, density (fraction of tokens > 0) and n_tokens.
 Per-window maxima, minima, sums, centred sums of squares and positive counts are reduced in
-float32 over one window (``window_partials``), then merged in float64 with Chan et al.'s
+float32 over one window (``fused.window_pass``), then merged in float64 with Chan et al.'s
 pairwise formulas (no E[x^2] - E[x]^2 cancellation), in groups of ``GROUP`` consecutive
 windows aligned to window indices: the arithmetic, and so every bit of the result, is the
-same whatever the batch size and wherever a run resumed.
+same whatever the batch size and wherever a run resumed (given the same ``window_pass``:
+compiled and eager may differ in the last places of a window's sums).
 """
 
 from __future__ import annotations
@@ -13,26 +14,11 @@ from __future__ import annotations
 import torch
 
 from ingest.activations.buffers import restore
+from ingest.activations.fused import MAX, MIN, POS, SQ, SUM
 
 # Windows per statistics group. Groups are aligned to window indices, so the float64 merge
 # order never depends on the batch size; 128 windows of partials are ~4 MB per layer at d=1536.
 GROUP = 128
-# Rows of the per-window partials: max, min, sum, sum of squares around the float32 window
-# mean, count of positive tokens.
-MAX, MIN, SUM, SQ, POS = range(5)
-
-
-def window_partials(x: torch.Tensor, part: torch.Tensor, scratch: torch.Tensor) -> None:
-    """Reduce activations ``x`` [B, tokens, d] (float32) over the token axis into ``part`` [5, B, d];
-    ``scratch`` is x-shaped working memory."""
-    tokens = x.shape[1]
-    torch.amax(x, 1, out=part[MAX])
-    torch.amin(x, 1, out=part[MIN])
-    torch.sum(x, 1, out=part[SUM])
-    torch.sub(x, (part[SUM] / tokens)[:, None], out=scratch).square_()
-    torch.sum(scratch, 1, out=part[SQ])
-    # A float 0/1 mask sums several times faster than a bool one; exact up to 2^24 tokens.
-    torch.sum(torch.gt(x, 0, out=scratch), 1, out=part[POS])
 
 
 class RunningStats:
