@@ -18,11 +18,12 @@ Each record keeps the neuron's activation at every window token (``window`` valu
 with the Snippet's token_ids), computed in float32 and kept as float16, the precision the
 stage stores them in (base64 little-endian float16 strings, ``kb.records``); its ``max`` and
 ``position`` come from the float32 values. The state is bounded and known in advance
-(``buffer_bytes``: 37 MB per layer for SmolLM2-135M at window 64 and the defaults), so
+(``buffer_bytes``: 35 MB per layer for SmolLM2-135M at window 64 and the defaults), so
 ``ingest.memory`` can split the layers into groups, one pass each.
 
 Modules: ``keys`` (sampling keys and plans), ``buffers`` (record buffers), ``stats`` (Chan
-statistics), ``collector`` (the forward-hook driver), ``checkpoint`` (the resumable pass),
+statistics), ``fused`` (the hook's one read of the activations, compiled on CPU), ``collector``
+(the forward-hook driver), ``checkpoint`` (the resumable pass),
 ``frames`` (result frames and quantile bins), ``config`` (settings and result types).
 """
 

@@ -6,11 +6,12 @@ per-neuron state (statistics, record buffers) and lets the activations go. Nothi
 proportional to the corpus is held, and the forward stops after the last requested layer
 (later layers and the LM head would be wasted work).
 
-Hot path: the sampled records are planned before the pass (``keys.plan_windows``), so the
-hook only copies their activations as their batch goes by. Only the top records need
-selection during the pass; on CPU the hook gathers the (window, neuron) pairs that beat the
-neuron's current k-th max and merges them in bulk once per group of windows (or earlier,
-when many are waiting); on CUDA a dense merge runs every batch, because a sparse one would
+Hot path: one read of each layer's activations (``fused.window_pass``, compiled on CPU) gives
+the statistics' partials and every (window, neuron) pair's record as a contiguous row. The
+sampled records are planned before the pass (``keys.plan_windows``), so the hook only copies
+their rows as their batch goes by. Only the top records need selection during the pass; on
+CPU the hook gathers the (window, neuron) pairs that beat the neuron's current k-th max and
+merges them in bulk once per group of windows (or earlier, when many are waiting); on CUDA a dense merge runs every batch, because a sparse one would
 synchronise the device at every ``nonzero``. On CPU the hook's own work runs on one thread:
 it is a few dozen small operations per layer, and on a busy machine every multi-threaded
 one can wait a scheduler time slice for its second thread, which costs far more than the
@@ -82,10 +83,10 @@ def wait_capacity(d_mlp: int, cfg: RecordConfig) -> int:
 
 
 def buffer_bytes(d_mlp: int, window: int, cfg: RecordConfig) -> int:
-    """Memory the collector holds per layer on its device, whatever the corpus size: 37 MB for
+    """Memory the collector holds per layer on its device, whatever the corpus size: 35 MB for
     SmolLM2-135M (d_mlp 1536) at window 64 and the default records, 13.5 MB of it the quantile
-    reservoir and 4 MB the waiting top-record candidates (on CUDA, which merges every batch
-    and holds none, 4 MB less)."""
+    reservoir and 2.3 MB the waiting top-record candidates (on CUDA, which merges every batch
+    and holds none, 2.3 MB less)."""
     record = 2 * window + 4 + 4  # float16 activations of one record, its max and its position
     q = cfg.n_quantiles > 0
     waiting = wait_capacity(d_mlp, cfg) * (3 * 8 + record)  # neuron, key, window; the record
