@@ -484,12 +484,29 @@ def test_window_pass_runs_eagerly_where_compiling_fails(tmp_path):
     assert len(warning) == 1 and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("setting, compiled", [(None, True), ("0", False)])
-def test_the_pass_compiles_on_cpu_unless_told_not_to(monkeypatch, setting, compiled):
-    if setting is None:
-        monkeypatch.delenv("NKB_COMPILE", raising=False)
-    else:
-        monkeypatch.setenv("NKB_COMPILE", setting)
+def test_compiled_and_eager_passes_keep_the_same_records(monkeypatch):
+    """The pass compiles its kernel on CPU unless NKB_COMPILE=0; both keep the same records to
+    the bit, and the same statistics up to the rounding of the window sums."""
     adapter = adapter_for(tiny_llama())
-    c = ActivationCollector(adapter, [0], WINDOW, CFG, bos_id=None, n_windows=N_WINDOWS)
-    assert c._window_pass.compiled == compiled
+    tokens = corpus()
+    runs = []
+    for setting in (None, "0"):
+        if setting is None:
+            monkeypatch.delenv("NKB_COMPILE", raising=False)
+        else:
+            monkeypatch.setenv("NKB_COMPILE", setting)
+        c = ActivationCollector(adapter, [1, 0], WINDOW, CFG, bos_id=0, n_windows=N_WINDOWS)
+        for start in range(0, N_WINDOWS, 16):
+            c.process(tokens[start:start + 16], start)
+        runs.append(c)
+    assert runs[0]._window_pass.compiled and not runs[1]._window_pass.compiled
+    for layer in (0, 1):
+        a, b = runs[0].layer_results(layer), runs[1].layer_results(layer)
+        ra = a.records.sort_values(["kind", "index", "rank"]).reset_index(drop=True)
+        rb = b.records.sort_values(["kind", "index", "rank"]).reset_index(drop=True)
+        assert ra.drop(columns="activations").equals(rb.drop(columns="activations"))
+        assert np.array_equal(np.stack(ra["activations"]), np.stack(rb["activations"]))
+        exact = ["index", "max_act", "min_act", "density", "n_tokens"]
+        assert a.stats[exact].equals(b.stats[exact])
+        for column in ("mean_act", "var_act"):
+            np.testing.assert_allclose(a.stats[column], b.stats[column], rtol=1e-6, atol=1e-9)
