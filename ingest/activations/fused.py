@@ -83,13 +83,13 @@ class WindowPass:
     """``window_pass`` into the caller's output buffers: compiled once where ``compile`` is
     true, else ``window_pass_eager`` (with scratch buffers of its own, reused across calls).
 
-    The first call compiles (shapes are symbolic, so a new batch size or layer width does
-    not compile again); if that fails, this and every later call run eagerly.
+    The first call compiles (shapes are symbolic, so another batch size or layer width does not
+    compile again, but for a batch of one window). If compiling fails, then or at a later
+    recompile, this and every later call run eagerly.
     """
 
     def __init__(self, compile: bool):
         self._compiled = torch.compile(window_pass, dynamic=True) if compile else None
-        self._proven = not compile
         self._scratch: dict[str, torch.Tensor] = {}
 
     @property
@@ -110,18 +110,15 @@ class WindowPass:
     def __call__(self, x: torch.Tensor, part: torch.Tensor, half: torch.Tensor, position: torch.Tensor) -> None:
         if self._compiled is None:
             self._eager(x, part, half, position)
-        elif self._proven:
-            self._compiled(x, part, half, position)
-        else:
-            try:
-                with warnings.catch_warnings():
-                    # inductor's note on a bfloat16 input beside the float16 output: not the user's concern
-                    warnings.filterwarnings("ignore", "bf16 and fp16 are mixed", UserWarning)
-                    self._compiled(x, part, half, position)
-            except Exception as e:  # noqa: BLE001 -- any failure to build the kernel: run eagerly
-                log.warning("compiling the activation pass's kernel failed (%s: %s); running it eagerly, "
-                            "which is slower (NKB_COMPILE=0 skips the attempt)", type(e).__name__,
-                            str(e).strip().splitlines()[0] if str(e).strip() else "no message")
-                self._compiled = None
-                self._eager(x, part, half, position)
-            self._proven = True
+            return
+        try:
+            with warnings.catch_warnings():
+                # inductor's note on a bfloat16 input beside the float16 output: not the user's concern
+                warnings.filterwarnings("ignore", "bf16 and fp16 are mixed", UserWarning)
+                self._compiled(x, part, half, position)
+        except Exception as e:  # noqa: BLE001 -- any failure to build the kernel: run eagerly
+            log.warning("compiling the activation pass's kernel failed (%s: %s); running it eagerly, "
+                        "which is slower (NKB_COMPILE=0 skips the attempt)", type(e).__name__,
+                        str(e).strip().splitlines()[0] if str(e).strip() else "no message")
+            self._compiled = None
+            self._eager(x, part, half, position)
