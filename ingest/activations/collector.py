@@ -11,11 +11,11 @@ the statistics' partials and every (window, neuron) pair's record as a contiguou
 sampled records are planned before the pass (``keys.plan_windows``), so the hook only copies
 their rows as their batch goes by. Only the top records need selection during the pass; on
 CPU the hook gathers the (window, neuron) pairs that beat the neuron's current k-th max and
-merges them in bulk once per group of windows (or earlier, when many are waiting); on CUDA a dense merge runs every batch, because a sparse one would
-synchronise the device at every ``nonzero``. On CPU the hook's own work runs on one thread:
-it is a few dozen small operations per layer, and on a busy machine every multi-threaded
-one can wait a scheduler time slice for its second thread, which costs far more than the
-parallelism saves.
+merges them in bulk once per group of windows (or earlier, when many are waiting); on CUDA a
+dense merge runs every batch, because a sparse one would synchronise the device at every
+``nonzero``. On CPU the hook's own work runs on one thread: it is a few dozen small operations
+per layer, and on a busy machine every multi-threaded one can wait a scheduler time slice for
+its second thread, which costs far more than the parallelism saves.
 """
 
 from __future__ import annotations
