@@ -20,7 +20,6 @@ from ingest.activations.config import refuse_checkpoint
 from ingest.activations.keys import INT64_MIN
 
 
-
 class Rows(NamedTuple):
     """A batch's records, one row per (window b, neuron n) at ``b * d + n``: ``half`` [B * d,
     window] float16 activations, ``peak`` [B * d] float32 max and ``position`` [B * d] int32."""
