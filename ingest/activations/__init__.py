@@ -22,7 +22,7 @@ stage stores them in (base64 little-endian float16 strings, ``kb.records``); its
 ``ingest.memory`` can split the layers into groups, one pass each.
 
 Modules: ``keys`` (sampling keys and plans), ``buffers`` (record buffers), ``stats`` (Chan
-statistics), ``fused`` (the hook's one read of the activations, compiled on CPU), ``collector``
+statistics), ``fused`` (the hook's one kernel over the activations, compiled on CPU), ``collector``
 (the forward-hook driver), ``checkpoint`` (the resumable pass),
 ``frames`` (result frames and quantile bins), ``config`` (settings and result types).
 """

@@ -6,7 +6,7 @@ per-neuron state (statistics, record buffers) and lets the activations go. Nothi
 proportional to the corpus is held, and the forward stops after the last requested layer
 (later layers and the LM head would be wasted work).
 
-Hot path: one read of each layer's activations (``fused.window_pass``, compiled on CPU) gives
+Hot path: one kernel over each layer's activations (``fused.window_pass``, compiled on CPU) gives
 the statistics' partials and every (window, neuron) pair's record as a contiguous row. The
 sampled records are planned before the pass (``keys.plan_windows``), so the hook only copies
 their rows as their batch goes by. Only the top records need selection during the pass; on
@@ -146,7 +146,7 @@ class ActivationCollector:
             self._state = {layer: LayerState(layer, d, self.window, cfg, self.device, self.n_windows, waiting)
                            for layer in layers}
         self._scratch: dict[str, torch.Tensor] = {}
-        # CPU: the hook's one read of the activations compiled into a single kernel (``fused``).
+        # CPU: the hook's work on the activations compiled into a single kernel (``fused``).
         self._window_pass = WindowPass(compile=self.device.type == "cpu" and compile_enabled())
         if self._window_pass.compiled:
             self._compile()
@@ -246,7 +246,7 @@ class ActivationCollector:
         batch, tokens, d = x.shape
         first = self._first_window
 
-        # One read of the activations gives the statistics' partials and every (window, neuron)
+        # One kernel over the activations gives the statistics' partials and every (window, neuron)
         # pair's record as a row: each record kept below is a row lookup.
         part = self._buffer("part", (5, batch, d), torch.float32)
         half = self._buffer("half", (batch, d, tokens), torch.float16)

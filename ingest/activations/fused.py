@@ -1,4 +1,4 @@
-"""The hook's read of a layer's activations, fused into one kernel by ``torch.compile``.
+"""The hook's work on a layer's activations, fused into one kernel by ``torch.compile``.
 
 ``window_pass`` reduces each (window, neuron) pair's activations to the statistics' partials
 and turns them into the record the buffers keep: float16 values laid out as rows (window
