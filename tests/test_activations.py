@@ -76,12 +76,17 @@ def rows_of(records, kind: str) -> dict[int, list[tuple]]:
     return out
 
 
-def assert_same_results(a, b) -> None:
-    """Two LayerResults are identical, to the bit (statistics are merged in window-aligned groups)."""
+def assert_same_records(a, b) -> None:
+    """Two LayerResults keep the same records, to the bit."""
     ra = a.records.sort_values(["kind", "index", "rank"]).reset_index(drop=True)
     rb = b.records.sort_values(["kind", "index", "rank"]).reset_index(drop=True)
     assert ra.drop(columns="activations").equals(rb.drop(columns="activations"))
     assert np.array_equal(np.stack(ra["activations"]), np.stack(rb["activations"]))
+
+
+def assert_same_results(a, b) -> None:
+    """Two LayerResults are identical, to the bit (statistics are merged in window-aligned groups)."""
+    assert_same_records(a, b)
     assert a.stats.equals(b.stats)
 
 
@@ -409,7 +414,7 @@ def test_window_pass_keeps_the_bytes_float32_would_store(compiled):
     float32 values when encoding them (numpy, kb.records): the stored strings must not change.
     Includes values past float16's range, subnormals, exact ties and negative zero. The same
     pass gives each window's statistics partials, checked against numpy, compiled or not."""
-    from ingest.activations.fused import MAX, MIN, POS, SQ, SUM, WindowPass
+    from ingest.activations.fused import MAX, MIN, POS, SQ, SUM, Scratch, WindowPass
     from kb.records import encode_activations_array
 
     rng = np.random.default_rng(0)
@@ -423,7 +428,7 @@ def test_window_pass_keeps_the_bytes_float32_would_store(compiled):
     x = torch.from_numpy(values.reshape(batch, d, 64).transpose(0, 2, 1).copy())  # [batch, tokens, d]
     part, half = torch.empty((5, batch, d)), torch.empty((batch, d, 64), dtype=torch.float16)
     position = torch.empty((batch, d), dtype=torch.int32)
-    fold = WindowPass(compile=compiled)
+    fold = WindowPass(compiled, Scratch(torch.device("cpu")))
     with torch.inference_mode():
         fold(x, part, half, position)
     assert fold.compiled == compiled
@@ -444,7 +449,7 @@ def test_window_pass_keeps_the_bytes_float32_would_store(compiled):
 def test_compiled_window_pass_equals_eager_on_real_shapes():
     """The compiled kernel and the eager function agree: the same bits for everything but the
     sums, which agree to float32 rounding; a bfloat16 input is read as float32 by both."""
-    from ingest.activations.fused import SQ, SUM, WindowPass
+    from ingest.activations.fused import SQ, SUM, Scratch, WindowPass
 
     rng = np.random.default_rng(1)
     for dtype in (torch.float32, torch.bfloat16):
@@ -455,7 +460,7 @@ def test_compiled_window_pass_equals_eager_on_real_shapes():
             out = (torch.empty((5, 5, 96)), torch.empty((5, 96, 64), dtype=torch.float16),
                    torch.empty((5, 96), dtype=torch.int32))
             with torch.inference_mode():
-                WindowPass(compile=compiled)(x, *out)
+                WindowPass(compiled, Scratch(torch.device("cpu")))(x, *out)
             outs.append(out)
         (pc, hc, qc), (pe, he, qe) = outs
         assert torch.equal(hc, he) and torch.equal(qc, qe)
@@ -469,10 +474,10 @@ def test_window_pass_runs_eagerly_where_compiling_fails(tmp_path):
     function. A subprocess, so that the compiler setting and the empty cache are its own."""
     code = (
         "import torch\n"
-        "from ingest.activations.fused import WindowPass\n"
+        "from ingest.activations.fused import Scratch, WindowPass\n"
         "x = torch.randn(2, 8, 16)\n"
         "out = (torch.empty(5, 2, 16), torch.empty(2, 16, 8, dtype=torch.float16), torch.empty(2, 16, dtype=torch.int32))\n"
-        "fold = WindowPass(compile=True)\n"
+        "fold = WindowPass(True, Scratch(torch.device('cpu')))\n"
         "fold(x, *out)\n"
         "print('compiled' if fold.compiled else 'eager', torch.equal(out[0][0], x.amax(1)))\n"
     )
@@ -502,10 +507,7 @@ def test_compiled_and_eager_passes_keep_the_same_records(monkeypatch):
     assert runs[0]._window_pass.compiled and not runs[1]._window_pass.compiled
     for layer in (0, 1):
         a, b = runs[0].layer_results(layer), runs[1].layer_results(layer)
-        ra = a.records.sort_values(["kind", "index", "rank"]).reset_index(drop=True)
-        rb = b.records.sort_values(["kind", "index", "rank"]).reset_index(drop=True)
-        assert ra.drop(columns="activations").equals(rb.drop(columns="activations"))
-        assert np.array_equal(np.stack(ra["activations"]), np.stack(rb["activations"]))
+        assert_same_records(a, b)
         exact = ["index", "max_act", "min_act", "density", "n_tokens", "quantile_boundaries"]
         assert a.stats[exact].equals(b.stats[exact])
         for column in ("mean_act", "var_act"):

@@ -30,7 +30,7 @@ from ingest.activations.buffers import Candidates, Planned, Rows, TopK
 from ingest.activations.config import LayerResults, RecordConfig, refuse_checkpoint
 from ingest.activations.frames import boundaries, quantile_records, records
 from ingest.activations.keys import key_values, plan_windows, value_keys
-from ingest.activations.fused import MAX, WindowPass, compile_enabled
+from ingest.activations.fused import MAX, Scratch, WindowPass, compile_enabled
 from ingest.activations.stats import GROUP, RunningStats
 from kb.errors import IngestError
 
@@ -145,9 +145,9 @@ class ActivationCollector:
             waiting = wait_capacity(d, cfg) if self._sparse else 0
             self._state = {layer: LayerState(layer, d, self.window, cfg, self.device, self.n_windows, waiting)
                            for layer in layers}
-        self._scratch: dict[str, torch.Tensor] = {}
+        self._scratch = Scratch(self.device)
         # CPU: the hook's work on the activations compiled into a single kernel (``fused``).
-        self._window_pass = WindowPass(compile=self.device.type == "cpu" and compile_enabled())
+        self._window_pass = WindowPass(self.device.type == "cpu" and compile_enabled(), self._scratch)
         if self._window_pass.compiled:
             self._compile()
 
@@ -157,9 +157,10 @@ class ActivationCollector:
         d, tokens, skip = self.adapter.d_mlp, self.window, int(self.bos_id is not None)
         with torch.inference_mode():  # as the hook's tensors are: a tensor made outside would compile twice
             x = torch.zeros((2, skip + tokens, d), dtype=self.dtype, device=self.device)[:, skip:]
-            self._observe(lambda: self._window_pass(
-                x, self._buffer("part", (5, 2, d), torch.float32), self._buffer("half", (2, d, tokens), torch.float16),
-                self._buffer("position", (2, d), torch.int32)))
+            get = self._scratch.get
+            self._observe(lambda: self._window_pass(x, get("part", (5, 2, d), torch.float32),
+                                                    get("half", (2, d, tokens), torch.float16),
+                                                    get("position", (2, d), torch.int32)))
 
     # --- identity, for checkpoints -------------------------------------------------------
     def _identity(self) -> dict:
@@ -178,13 +179,6 @@ class ActivationCollector:
         return self.windows_done * self.window
 
     # --- the hot path --------------------------------------------------------------------
-    def _buffer(self, name: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-        # Reused scratch: a fresh multi-MB tensor per layer per batch costs page faults.
-        buf = self._scratch.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self._scratch[name] = torch.empty(shape, dtype=dtype, device=self.device)
-        return buf
-
     def process(self, token_ids: np.ndarray, first_window: int) -> None:
         """Run windows ``first_window .. first_window + B - 1`` (``token_ids`` [B, window]) and fold them in."""
         ids = np.asarray(token_ids)
@@ -248,9 +242,9 @@ class ActivationCollector:
 
         # One kernel over the activations gives the statistics' partials and every (window, neuron)
         # pair's record as a row: each record kept below is a row lookup.
-        part = self._buffer("part", (5, batch, d), torch.float32)
-        half = self._buffer("half", (batch, d, tokens), torch.float16)
-        position = self._buffer("position", (batch, d), torch.int32)
+        part = self._scratch.get("part", (5, batch, d), torch.float32)
+        half = self._scratch.get("half", (batch, d, tokens), torch.float16)
+        position = self._scratch.get("position", (batch, d), torch.int32)
         self._window_pass(x, part, half, position)
         if st.stats.add(part, first, tokens):
             self._merge_top(st)  # refresh the candidate threshold once per group

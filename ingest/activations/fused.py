@@ -78,33 +78,43 @@ def compile_enabled() -> bool:
     return os.environ.get("NKB_COMPILE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+class Scratch:
+    """Working tensors on ``device``, reused across calls by name: a fresh multi-MB tensor per
+    layer per batch costs page faults."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        buf = self._tensors.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._tensors[name] = torch.empty(shape, dtype=dtype, device=self.device)
+        return buf
+
+
 class WindowPass:
     """``window_pass`` into the caller's output buffers: compiled once where ``compile`` is
-    true, else ``window_pass_eager`` (with scratch buffers of its own, reused across calls).
+    true, else ``window_pass_eager`` (its working tensors from ``scratch``).
 
     The first call compiles (shapes are symbolic, so another batch size or layer width does not
     compile again, but for a batch of one window). If compiling fails, then or at a later
     recompile, this and every later call run eagerly.
     """
 
-    def __init__(self, compile: bool):
+    def __init__(self, compile: bool, scratch: Scratch):
         self._compiled = torch.compile(window_pass, dynamic=True) if compile else None
-        self._scratch: dict[str, torch.Tensor] = {}
+        self._scratch = scratch
 
     @property
     def compiled(self) -> bool:
         return self._compiled is not None
 
     def _eager(self, x: torch.Tensor, part: torch.Tensor, half: torch.Tensor, position: torch.Tensor) -> None:
-        def buffer(name: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-            buf = self._scratch.get(name)
-            if buf is None or buf.shape != shape or buf.device != x.device:
-                buf = self._scratch[name] = torch.empty(shape, dtype=dtype, device=x.device)
-            return buf
-
-        converted = None if x.dtype == torch.float32 else buffer("converted", x.shape, torch.float32)
-        window_pass_eager(x, part, half, position, buffer("scratch", x.shape, torch.float32),
-                          buffer("index", position.shape, torch.int64), converted)
+        get = self._scratch.get
+        converted = None if x.dtype == torch.float32 else get("converted", x.shape, torch.float32)
+        window_pass_eager(x, part, half, position, get("scratch", x.shape, torch.float32),
+                          get("index", position.shape, torch.int64), converted)
 
     def __call__(self, x: torch.Tensor, part: torch.Tensor, half: torch.Tensor, position: torch.Tensor) -> None:
         if self._compiled is None:
