@@ -178,6 +178,10 @@ class Pipeline:
         if corpus is not None:
             check_corpus(corpus)
         device = resolve_device(s["device"])
+        if any(stage.name == "activations" for stage in self.stages):
+            from ingest.activations.fused import compile_enabled
+
+            compile_enabled()  # a $NKB_COMPILE that says neither yes nor no is refused before the model loads
         self.reporter.note(f"loading {cfg.model}")
         self.lm = load_model(cfg.model, device=device, dtype=s["dtype"], name=cfg.name)
         self.model_id = self.lm.name

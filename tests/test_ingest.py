@@ -16,7 +16,7 @@ from ingest.pipeline import IngestConfig, Pipeline, Reporter, ingest, parse_laye
 from ingest.stages import default_stages
 from kb import schema
 from kb.cli import cli
-from kb.errors import IngestError
+from kb.errors import ConfigError, IngestError
 from kb.records import decode_activations
 from kb.stores import open_store
 from tinymodels import save_tiny_model
@@ -132,6 +132,21 @@ def test_bad_settings_fail_before_anything_is_written(ingested, tmp_path, tiny_d
     new = tmp_path / "kb"
     result = CliRunner().invoke(cli, ["ingest", str(tiny_dir), "--name", "tiny", "--store", str(new), *args])
     assert result.exit_code == 1 and re.search(message, result.stderr), result.output
+    assert not new.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_bad_nkb_compile_fails_before_anything_is_written(ingested, tmp_path, tiny_dir, monkeypatch):
+    monkeypatch.setenv("NKB_COMPILE", "maybe")
+    message = "$NKB_COMPILE must be 1 or 0 (also true/false, yes/no, on/off), not 'maybe'"
+    url, _, _, before = ingested
+    with open_store(url) as store:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            ingest(store, IngestConfig(model=str(tiny_dir), name="tiny", **SMALL))
+        assert dump(store) == before
+    new = tmp_path / "kb"
+    result = CliRunner().invoke(cli, ["ingest", str(tiny_dir), "--name", "tiny", "--store", str(new)])
+    assert result.exit_code == 1 and result.stderr.splitlines() == [
+        f"Error: {message} (unset it to compile the activation pass's kernel where the machine can)"], result.output
     assert not new.exists() and not list(tmp_path.iterdir())
 
 

@@ -27,6 +27,8 @@ import warnings
 
 import torch
 
+from kb.config import shorten
+from kb.errors import ConfigError
 from kb.records import HALF_MAX
 
 log = logging.getLogger(__name__)
@@ -73,9 +75,20 @@ def window_pass_eager(x: torch.Tensor, part: torch.Tensor, half: torch.Tensor, p
     half.copy_(torch.clamp(x, -HALF_MAX, HALF_MAX, out=scratch).transpose(1, 2))
 
 
+COMPILE_ENV = "NKB_COMPILE"
+_SWITCH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def compile_enabled() -> bool:
-    """Whether the pass compiles ``window_pass`` on CPU (``NKB_COMPILE=0`` says no)."""
-    return os.environ.get("NKB_COMPILE", "1").strip().lower() not in ("0", "false", "no", "off")
+    """Whether the pass compiles ``window_pass`` on CPU: yes unless ``$NKB_COMPILE`` says no
+    (0, false, no, off); a value that says neither is refused."""
+    raw = os.environ.get(COMPILE_ENV, "").strip()
+    if not raw:
+        return True
+    if raw.lower() not in _SWITCH:
+        raise ConfigError(f"${COMPILE_ENV} must be 1 or 0 (also true/false, yes/no, on/off), not '{shorten(raw, 60)}'",
+                          "unset it to compile the activation pass's kernel where the machine can")
+    return _SWITCH[raw.lower()]
 
 
 class Scratch:
