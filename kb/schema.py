@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Property types, named as in LadybugDB; Neo4j stores the same Python values.
 STRING, INT64, DOUBLE, BOOL = "STRING", "INT64", "DOUBLE", "BOOLEAN"
@@ -41,6 +41,9 @@ class NodeType:
     indexed: tuple[str, ...] = ()
     # The property naming the model a node belongs to; delete_model follows it.
     model_prop: str | None = None
+    # A text property whose terms (kb.terms) the node MENTIONS: the store writes the Term
+    # nodes and MENTIONS edges whenever it writes the property.
+    terms_of: str | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -190,6 +193,16 @@ NODES: tuple[NodeType, ...] = (
         id_format="<neuron id>/<explainer>/<method> (kb.ids.ExplanationId; '/' and '%' in the parts as %2F, %25)",
         indexed=("neuron",),
         model_prop="model",
+        terms_of="text",
+    ),
+    NodeType(
+        "Term",
+        (_p("id", STRING, "a run of an explanation's text between ASCII spaces and punctuation, as written; "
+            "'*' is the term every explanation mentions"),),
+        "The term index of explanation texts (kb.terms): a phrase search reads only the explanations "
+        "that mention a term containing the phrase's longest run. Written by the store with every "
+        "Explanation text.",
+        id_format="the run itself, e.g. 'TypeError' ('*' for every explanation)",
     ),
     NodeType(
         "Score",
@@ -279,6 +292,7 @@ RELS: tuple[RelType, ...] = (
     RelType("N2G_PREV", "N2GNode", "N2GNode", (), "Walks one token further back in the context."),
     RelType("EXPLAINED_BY", _N, "Explanation", (), "Neuron has explanation."),
     RelType("HAS_SCORE", "Explanation", "Score", (), "Explanation has score."),
+    RelType("MENTIONS", "Explanation", "Term", (), "The explanation's text has this term (kb.terms); written by the store."),
     RelType(
         "SIMILAR_TO", _N, _N,
         (_p("score", DOUBLE, "cosine similarity of the two neurons' vectors"),

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -265,6 +267,21 @@ def make_small_kb() -> KB:
                         "similarity": _round(rng.uniform(0.3, 1)), "method": "hungarian-out", "run": "alpha-beta"})
     kb.rels["MATCHES"] = pd.DataFrame(matches)
     return kb
+
+
+# The term index the store writes with every explanation text (kb.terms), defined here again:
+# the runs between ASCII characters that are not letters, digits or '_', and '*' for all.
+_NOT_IN_RUNS = re.compile(r"[^0-9A-Za-z_\u0080-\U0010ffff]+")
+
+
+def text_terms(text: str) -> set[str]:
+    return {run for run in _NOT_IN_RUNS.split(text) if run} | {"*"}
+
+
+def term_index(texts: Iterable[str]) -> dict[str, int]:
+    """How many Term nodes and MENTIONS edges the store writes for these explanation texts."""
+    per_text = [text_terms(t) for t in texts]
+    return {"Term": len(set().union(*per_text)), "MENTIONS": sum(map(len, per_text))}
 
 
 # Nodes before the relationships that need them.

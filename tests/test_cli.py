@@ -27,7 +27,7 @@ from kb.records import decode_activations
 from kb.cli import cli
 from kb.errors import UnknownQuery
 from kb.stores import open_store
-from kbdata import build_small_kb, make_small_kb
+from kbdata import build_small_kb, make_small_kb, term_index
 
 KB = make_small_kb()
 
@@ -70,6 +70,8 @@ def expected_stats(kb=None) -> dict[tuple[str, str], int]:
     if kb is not None:
         out.update({("node", label): len(df) for label, df in kb.nodes.items()})
         out.update({("relationship", t): len(df) for t, df in kb.rels.items()})
+        out.update({("node" if k == "Term" else "relationship", k): n
+                    for k, n in term_index(kb.nodes["Explanation"]["text"]).items()})
         out.update({("model", m): int(n) for m, n in kb.nodes["Neuron"]["model"].value_counts().items()})
     return out
 

@@ -31,7 +31,7 @@ from kb.errors import (
 from kb.stores import neo4j as backend
 from kb.stores import open_store
 from kb.stores.neo4j import Neo4jStore, parse_url
-from kbdata import NODE_ORDER, make_small_kb
+from kbdata import NODE_ORDER, make_small_kb, term_index
 
 SECRET = "pw-Never-Shown-42"
 
@@ -193,6 +193,9 @@ def test_tiny_batches_write_the_same_knowledge_base(bolt_server, monkeypatch):
         monkeypatch.setattr(tiny, "_write", lambda work: transactions.append(1) or real(work))
         _write(tiny, kb)
         want = sum(-(-len(df) // 4) for df in (*kb.nodes.values(), *kb.rels.values()))
+        texts = kb.nodes["Explanation"]["text"].tolist()
+        for at in range(0, len(texts), 4):  # each batch of explanations writes its terms in batches of 4
+            want += sum(-(-n // 4) for n in term_index(texts[at:at + 4]).values())
         assert len(transactions) == want  # one transaction per batch of 4 rows
         assert dump(tiny) == expected
         _write(tiny, kb)  # and writing it all again changes nothing

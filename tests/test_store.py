@@ -32,6 +32,7 @@ from kb.errors import (
 )
 from kb.records import decode_activations, encode_activations
 from dump import dump
+from kbdata import term_index, text_terms
 from kb.stores import open_store
 
 SEED = 1234
@@ -160,6 +161,8 @@ def records(store, query: str, params: dict | None = None) -> list[dict]:
 def expected_counts(frames: dict[str, pd.DataFrame]) -> dict[str, int]:
     out = {name: 0 for name in (*schema.NODE_BY_LABEL, *schema.REL_BY_TYPE)}
     out.update({name: len(df) for name, df in frames.items()})
+    if "Explanation" in frames:  # the store indexes their texts
+        out.update(term_index(frames["Explanation"]["text"]))
     return out
 
 
@@ -733,8 +736,11 @@ def test_embedded_engine_itself_refuses_writes_when_read_only(tmp_path):
 # -- deleting -----------------------------------------------------------------------------
 def test_delete_model_keeps_what_others_use(full, frames):
     deleted = full.delete_model("ma")
+    texts = frames["Explanation"].groupby(frames["Explanation"]["model"] == "ma")["text"]
+    only_ma = set().union(*map(text_terms, texts.get_group(True))) - set().union(*map(text_terms, texts.get_group(False)))
+    assert only_ma  # the terms of ma's texts that no other text has go with it
     assert {k: v for k, v in deleted.items() if v} == {
-        "Model": 1, "Neuron": 8, "Explanation": 8, "Score": 8, "N2GNode": 8, "Snippet": 2}
+        "Model": 1, "Neuron": 8, "Explanation": 8, "Score": 8, "N2GNode": 8, "Snippet": 2, "Term": len(only_ma)}
     counts = full.counts()
     want = expected_counts(frames)
     assert counts["Model"] == 2 and counts["Neuron"] == 16

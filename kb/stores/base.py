@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from kb import cypher, schema
+from kb import cypher, schema, terms
 from kb.errors import NkbError, ParameterError, ReadOnlyViolation, SchemaError, SchemaVersionMismatch
 
 Frames = pd.DataFrame | Iterable[pd.DataFrame] | Any  # a DataFrame, a pyarrow Table, or an iterable of them
@@ -169,6 +169,9 @@ DELETE_TOKENS = ("MATCH (t:`Token`) WHERE t.`tokenizer` = $tokenizer "
 DELETE_UNUSED_TEXTS = ("MATCH (x:`TokenText`) WHERE NOT EXISTS { MATCH (x)-[:`SPELLS`]->(:`Token`) } "
                        "WITH x LIMIT $limit DELETE x RETURN count(*) AS deleted")
 DELETE_MODEL = "MATCH (m:`Model` {id: $model}) DETACH DELETE m RETURN count(*) AS deleted"
+# Terms no explanation mentions any more (their explanations are gone).
+DELETE_UNUSED_TERMS = ("MATCH (t:`Term`) WHERE NOT EXISTS { MATCH (:`Explanation`)-[:`MENTIONS`]->(t) } "
+                       "WITH t LIMIT $limit DELETE t RETURN count(*) AS deleted")
 # The model's ingest records (done markers, saved configuration): left behind, they would make
 # a new ingest under the same name skip the stages they mark done.
 DELETE_MODEL_META = (f"MATCH (m:{cypher.quote(schema.META.label)}) WHERE m.`key` STARTS WITH $prefix "
@@ -184,7 +187,8 @@ def model_meta_prefix(model_id: str) -> str:
 def statements() -> list[str]:
     """Every statement the base class sends (each engine adds its own)."""
     out = [MODEL_TOKENIZER, DETACH_RECORDS, USED_SNIPPETS, DELETE_SNIPPETS, TOKENIZER_SNIPPETS,
-           OTHER_MODELS_WITH_TOKENIZER, DELETE_TOKENS, DELETE_UNUSED_TEXTS, DELETE_MODEL_META, DELETE_MODEL]
+           OTHER_MODELS_WITH_TOKENIZER, DELETE_TOKENS, DELETE_UNUSED_TEXTS, DELETE_UNUSED_TERMS, DELETE_MODEL_META,
+           DELETE_MODEL]
     out += [node_count_query(nt.label) for nt in schema.NODES]
     out += [delete_by_model_query(nt) for nt in schema.NODES if nt.model_prop]
     out += [rel_count_query(rt.type) for rt in schema.RELS]
@@ -214,10 +218,19 @@ class Store(ABC):
             df = prepare_nodes(nt, df)
             for batch in chunks(df, batch_size or self.default_batch_size):
                 self._upsert_nodes_batch(nt, batch)
+                if nt.terms_of is not None and nt.terms_of in batch.columns:
+                    self._write_terms(nt, batch)
                 n += len(batch)
                 if progress:
                     progress(len(batch))
         return n
+
+    def _write_terms(self, nt: schema.NodeType, batch: pd.DataFrame) -> None:
+        """The Term nodes and MENTIONS edges of a batch just written (kb.terms)."""
+        nodes, mentions = terms.term_frames(batch["id"], batch[nt.terms_of])
+        if len(mentions):
+            self.upsert_nodes("Term", nodes)
+            self.upsert_rels("MENTIONS", mentions)
 
     def upsert_rels(self, rel_type: str, rows: Frames, *, batch_size: int | None = None,
                     progress: Progress | None = None) -> int:
@@ -305,6 +318,7 @@ class Store(ABC):
             for nt in schema.NODES:
                 if nt.model_prop:
                     deleted[nt.label] += self._delete_all(delete_by_model_query(nt), model=model_id)
+            deleted["Term"] += self._delete_all(DELETE_UNUSED_TERMS)
             if tokenizer is not None and not self._count(OTHER_MODELS_WITH_TOKENIZER,
                                                          {"tokenizer": tokenizer, "model": model_id}):
                 deleted["Token"] += self._delete_all(DELETE_TOKENS, tokenizer=tokenizer)
