@@ -10,6 +10,13 @@ a comment block: what it answers, then one ``@param`` line per parameter::
     // @param limit     rows to return (default: 20)
     // @param min_score lowest score to keep (float, default: null = no bound)
 
+A placeholder can also be computed from a parameter, on a line of its own::
+
+    // @derived term  key_term(phrase): the phrase's longest run of letters and digits
+
+``bind`` fills it in with that function of ``DERIVED`` (outside nkb, pass it yourself); it is
+not a parameter the caller gives.
+
 The parameters themselves are derived from the ``$name`` placeholders in the query body,
 as datasette does for canned queries; the header documents them and gives defaults. The
 closing parenthesis of a ``@param`` line says ``required`` or ``default: <literal>``
@@ -28,7 +35,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -37,7 +44,7 @@ from typing import Any
 
 import pandas as pd
 
-from kb import cypher
+from kb import cypher, terms
 from kb.errors import ParameterError, UnknownQuery
 from kb.stores.base import Store
 
@@ -63,6 +70,11 @@ TYPES: dict[str, type] = {"string": str, "int": int, "float": float, "bool": boo
 _TYPE_NAMES = {v: k for k, v in TYPES.items()}
 
 _PARAM_LINE = re.compile(r"^@param\s+([A-Za-z_][A-Za-z0-9_]*)\s*(.*)$")
+_DERIVED_LINE = re.compile(r"^@derived\s+([A-Za-z_]\w*)\s+([A-Za-z_]\w*)\(\s*([A-Za-z_]\w*)\s*\)\s*:?\s*(.*)$")
+
+# The functions a @derived line can name: one parameter's value in, the placeholder's out
+# (None stays None).
+DERIVED: dict[str, Callable[[Any], Any]] = {"key_term": terms.key_term}
 # The trailing "(...)" of a @param line: "(required)", "(default: 20)", "(float, default: null = any)".
 _PARAM_SPEC = re.compile(
     r"\((?:(?P<type>string|int|float|bool)\s*,\s*)?(?:(?P<required>required)|default:\s*(?P<default>.*?))\)\s*$",
@@ -114,6 +126,10 @@ class NamedQuery:
     param_types: dict[str, str] = field(default_factory=dict)
     #: @param lines naming no placeholder of the text (see problems()).
     stray_docs: tuple[str, ...] = ()
+    #: placeholder -> (function in DERIVED, parameter it is computed from), from @derived lines.
+    derived: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: placeholder -> the help text of its @derived line.
+    derived_docs: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, name: str, source: str) -> "NamedQuery":
@@ -128,10 +144,16 @@ class NamedQuery:
                 break
             header.append(stripped[2:].strip())
         description_lines, docs, defaults, types = [], {}, {}, {}
+        derived, derived_docs = {}, {}
         for line in header:
+            d = _DERIVED_LINE.match(line)
+            if d:
+                derived[d.group(1)] = (d.group(2), d.group(3))
+                derived_docs[d.group(1)] = d.group(4).strip()
+                continue
             m = _PARAM_LINE.match(line)
             if not m:
-                if not docs:  # description lines come before the first @param
+                if not docs and not derived:  # description lines come before the first @param
                     description_lines.append(line)
                 continue
             pname, rest = m.group(1), m.group(2)
@@ -152,7 +174,7 @@ class NamedQuery:
                 docs[pname] = rest.strip()
                 defaults[pname] = REQUIRED
         # In the header's order (how the author explains them), then any undocumented ones.
-        found = placeholders(source)
+        found = [p for p in placeholders(source) if p not in derived]
         used = [p for p in docs if p in found] + [p for p in found if p not in docs]
         params = {p: defaults.get(p, REQUIRED) for p in used}
         return cls(
@@ -163,12 +185,22 @@ class NamedQuery:
             param_docs={p: docs[p] for p in used if p in docs},
             param_types={p: types.get(p, "string") for p in used},
             stray_docs=tuple(p for p in docs if p not in params),
+            derived=derived,
+            derived_docs=derived_docs,
         )
 
     def problems(self) -> list[str]:
         """What is wrong with the header: undocumented placeholders, documented non-parameters."""
         out = [f"{self.name}: ${p} is used but has no @param line" for p in self.params if p not in self.param_docs]
         out += [f"{self.name}: @param {p} documents no $placeholder of the query" for p in self.stray_docs]
+        used = set(placeholders(self.text))
+        for d, (function, source) in self.derived.items():
+            if function not in DERIVED:
+                out.append(f"{self.name}: @derived {d} names no function of kb.queries.DERIVED: {function}")
+            if source not in self.params:
+                out.append(f"{self.name}: @derived {d} is computed from {source}, which is not a parameter")
+            if d not in used:
+                out.append(f"{self.name}: @derived {d} names no $placeholder of the query")
         if not self.description:
             out.append(f"{self.name}: no description comment at the top of the file")
         return out
@@ -187,7 +219,8 @@ class NamedQuery:
         """The full parameter dict for a run: defaults merged in, values coerced to their types.
 
         Strings (as they come from the command line) are converted to the parameter's type;
-        other values must already be of that type (an int is accepted for a float).
+        other values must already be of that type (an int is accepted for a float). The
+        placeholders of @derived lines are computed last, from the bound values.
         """
         given = dict(given or {})
         unknown = [p for p in given if p not in self.params]
@@ -210,6 +243,8 @@ class NamedQuery:
                 )
             else:
                 out[p] = default
+        for d, (function, source) in self.derived.items():
+            out[d] = DERIVED[function](out[source])
         return out
 
     def _coerce(self, p: str, value: Any) -> Any:
