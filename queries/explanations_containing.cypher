@@ -6,11 +6,13 @@
 // @derived term  key_term(phrase): the phrase's longest run between ASCII spaces and punctuation, or '*'
 //                for a phrase with none (kb.terms; outside nkb, pass it yourself)
 // Only the explanations that MENTION a term containing that run can contain the phrase
-// (kb.terms says why), so only their texts are lower-cased and searched.
+// (kb.terms says why), so only their texts are lower-cased and searched. One explanation can
+// mention several such terms: DISTINCT on the nodes, before their text is read.
 MATCH (t:Term)<-[:MENTIONS]-(e:Explanation)<-[:EXPLAINED_BY]-(n:Neuron)
-WHERE (t.id = $term OR toLower(t.id) CONTAINS toLower($term))
+WHERE toLower(t.id) CONTAINS toLower($term)
   AND toLower(e.text) CONTAINS toLower($phrase) AND (e.model = $model OR $model IS NULL)
-RETURN DISTINCT n.id AS neuron, n.model AS model, n.layer AS layer, n.idx AS idx,
+WITH DISTINCT n, e
+RETURN n.id AS neuron, n.model AS model, n.layer AS layer, n.idx AS idx,
        e.text AS text, e.id AS explanation
 ORDER BY model, layer, idx, explanation
 LIMIT $limit
