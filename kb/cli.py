@@ -324,10 +324,11 @@ def render(neuron: str, out: str, store_url: str | None) -> None:
 def delete_model(model: str, yes: bool, store_url: str | None) -> None:
     """Delete a model, its neurons and everything attached only to them.
 
-    Tokens and snippets that another model still uses are kept.
+    Tokens and snippets that another model still uses are kept. On the embedded engine the
+    delete is one transaction, with a buffer pool of up to 4 GiB unless one is configured.
     """
     url = _url(store_url)
-    with open_store(url, read_only=False) as store:
+    with open_store(url, read_only=False, buffer_pool=config.buffer_pool_bytes(config.DELETE_BUFFER_POOL_MB)) as store:
         known = queries.model_ids(store)
         if model not in known:
             raise NkbError(f"no model {model!r} in {config.redact(url)}",

@@ -292,11 +292,18 @@ BUFFER_POOL_ENV = "NKB_BUFFER_POOL_MB"
 DEFAULT_BUFFER_POOL_MB = 1024
 
 
-def buffer_pool_bytes() -> int:
+# `nkb delete-model` holds the whole delete in one transaction, and nothing else in its process
+# needs memory. Deleting the demo KB's model (8.6M relationships, 1.36M of them its explanations'
+# MENTIONS) ran out of a 1 GiB pool and fit 1.5 GiB (128 s, peak RSS 1.62 GB). The pool is
+# taken as it is used, so the larger ceiling costs a small model nothing.
+DELETE_BUFFER_POOL_MB = 4096
+
+
+def buffer_pool_bytes(default_mb: int = DEFAULT_BUFFER_POOL_MB) -> int:
     """The embedded engine's buffer pool: $NKB_BUFFER_POOL_MB, else ``buffer_pool_mb`` in the
-    config file, else DEFAULT_BUFFER_POOL_MB (1 GiB). Set explicitly
-    because LadybugDB's own default claims most of the machine's memory, which a process holding
-    model weights and activation state cannot spare."""
+    config file, else ``default_mb`` (DEFAULT_BUFFER_POOL_MB, 1 GiB, unless a command that needs
+    more says so). Set explicitly because LadybugDB's own default claims most of the machine's
+    memory, which a process holding model weights and activation state cannot spare."""
     raw = os.environ.get(BUFFER_POOL_ENV)
     if raw:
         try:
@@ -307,4 +314,4 @@ def buffer_pool_bytes() -> int:
             raise ConfigError(f"${BUFFER_POOL_ENV} must be a positive number of MiB, not '{shorten(raw, 60)}'",
                               f"unset it for the default of {DEFAULT_BUFFER_POOL_MB} MiB")
         return value * 1024 * 1024
-    return int(load_config().get("buffer_pool_mb") or DEFAULT_BUFFER_POOL_MB) * 1024 * 1024
+    return int(load_config().get("buffer_pool_mb") or default_mb) * 1024 * 1024

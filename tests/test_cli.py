@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from dump import dump
-from kb import __version__, queries, schema
+from kb import __version__, config, queries, schema
 from kb.records import decode_activations
 from kb.cli import cli
 from kb.errors import UnknownQuery
@@ -308,6 +308,27 @@ def test_delete_model(kb_path):
     assert after["Token"] == before["Token"]  # alpha still uses the shared tokenizer
     rows = json.loads(invoke(kb_path, "query", "--name", "models", "--format", "json").output)
     assert [r["model"] for r in rows] == ["alpha"]
+
+
+def test_delete_model_takes_a_larger_buffer_pool(kb_path, monkeypatch, tmp_path):
+    """The embedded engine holds the whole delete in one transaction, and the demo KB's model ran
+    out of the 1 GiB default; a pool the user sets still wins."""
+    from kb.stores.embedded import EmbeddedStore
+
+    pools = []
+    real = EmbeddedStore.delete_model
+
+    def spy(self, model_id):
+        pools.append(int(self._scalar("CALL bm_info() RETURN mem_limit")) // 2**20)  # as the engine reports it
+        return real(self, model_id)
+
+    monkeypatch.setattr(EmbeddedStore, "delete_model", spy)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.delenv(config.BUFFER_POOL_ENV, raising=False)
+    assert invoke(kb_path, "delete-model", "beta", "--yes").exit_code == 0
+    monkeypatch.setenv(config.BUFFER_POOL_ENV, "200")
+    assert invoke(kb_path, "delete-model", "alpha", "--yes").exit_code == 0
+    assert pools == [config.DELETE_BUFFER_POOL_MB, 200]
 
 
 def test_write_needs_write_flag(kb_path):

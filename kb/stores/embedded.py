@@ -15,8 +15,8 @@ leaves the store as it was, and writing the same rows twice writes nothing the s
 The one exception is LadybugDB failing in the checkpoint after a commit: see
 ``EmbeddedStore._write_failed``.
 
-The engine's buffer pool is set from ``kb.config.buffer_pool_bytes()``: LadybugDB's own
-default is most of the machine's memory.
+The engine's buffer pool is set from ``kb.config.buffer_pool_bytes()`` (or by the opener, as
+``nkb delete-model`` does): LadybugDB's own default is most of the machine's memory.
 """
 
 from __future__ import annotations
@@ -284,8 +284,10 @@ class EmbeddedStore(Store):
     # such records take a few hundred MB.
     default_batch_size = 1_000_000
 
-    def __init__(self, url: str, *, read_only: bool = False, create: bool = False):
+    def __init__(self, url: str, *, read_only: bool = False, create: bool = False, buffer_pool: int | None = None):
         super().__init__(url, read_only=read_only)
+        #: the engine's buffer pool in bytes (``config.buffer_pool_bytes()`` unless given)
+        self.buffer_pool = buffer_pool or config.buffer_pool_bytes()
         self.path = Path(url).expanduser()
         self.graph_path = self.path / GRAPH_FILE
         self._db: lb.Database | None = None
@@ -313,7 +315,7 @@ class EmbeddedStore(Store):
     # -- opening ------------------------------------------------------------------------
     def _connect(self, *, read_only: bool) -> tuple[lb.Database, lb.Connection]:
         try:
-            db = lb.Database(str(self.graph_path), read_only=read_only, buffer_pool_size=config.buffer_pool_bytes())
+            db = lb.Database(str(self.graph_path), read_only=read_only, buffer_pool_size=self.buffer_pool)
             return db, lb.Connection(db)
         except RuntimeError as e:
             line = _first_line(e)
@@ -554,8 +556,7 @@ class EmbeddedStore(Store):
         line = _first_line(err)
         more = ""
         if _OUT_OF_POOL in line:
-            more = (f"; raise LadybugDB's buffer pool (now {config.buffer_pool_bytes() // 2**20} MB) with "
-                    f"{config.BUFFER_POOL_ENV}=MB or buffer_pool_mb in {config.config_path()}")
+            more = "; " + self._raise_pool()
         if _CHECKPOINT_FAILED in line:
             # LadybugDB reports the transaction committed and durable, yet (0.22, tested in
             # test_embedded_pool_full_after_commit) reopening the store can come back without
@@ -649,8 +650,14 @@ class EmbeddedStore(Store):
             with self._transaction():
                 yield
         except RuntimeError as e:
-            raise NkbError(f"deleting model {model_id!r} failed: {_first_line(e)}",
-                           "nothing was deleted; the store is as it was") from None
+            line = _first_line(e)
+            raise NkbError(f"deleting model {model_id!r} failed: {line}",
+                           "nothing was deleted; the store is as it was"
+                           + ("; " + self._raise_pool() if _OUT_OF_POOL in line else "")) from None
+
+    def _raise_pool(self) -> str:
+        return (f"raise LadybugDB's buffer pool (now {self.buffer_pool // 2**20} MB) with "
+                f"{config.BUFFER_POOL_ENV}=MB or buffer_pool_mb in {config.config_path()}")
 
     def _rows(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
         return self._execute(query, params).get_all()
@@ -721,7 +728,7 @@ class EmbeddedStore(Store):
         if not len(df):
             return 1
         row_bytes = max(1, int(df.memory_usage(index=False, deep=True).sum()) // len(df))
-        return max(1, min(len(df), config.buffer_pool_bytes() // self.copy_pool_share // row_bytes))
+        return max(1, min(len(df), self.buffer_pool // self.copy_pool_share // row_bytes))
 
     def release_memory(self) -> None:
         # The buffer pool keeps the pages a stage read or wrote resident until it needs the
