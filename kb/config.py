@@ -312,6 +312,6 @@ def buffer_pool_bytes(default_mb: int = DEFAULT_BUFFER_POOL_MB) -> int:
             value = 0
         if value < 1:
             raise ConfigError(f"${BUFFER_POOL_ENV} must be a positive number of MiB, not '{shorten(raw, 60)}'",
-                              f"unset it for the default of {DEFAULT_BUFFER_POOL_MB} MiB")
+                              f"unset it for the default of {default_mb} MiB")
         return value * 1024 * 1024
     return int(load_config().get("buffer_pool_mb") or default_mb) * 1024 * 1024

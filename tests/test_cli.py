@@ -331,6 +331,16 @@ def test_delete_model_takes_a_larger_buffer_pool(kb_path, monkeypatch, tmp_path)
     assert pools == [config.DELETE_BUFFER_POOL_MB, 200]
 
 
+def test_delete_model_refuses_a_bad_buffer_pool_and_names_its_own_default(kb_path, monkeypatch):
+    unchanged = snapshot(kb_path)
+    monkeypatch.setenv(config.BUFFER_POOL_ENV, "lots")
+    line = one_error_line(invoke(kb_path, "delete-model", "beta", "--yes"))
+    assert line == (f"Error: ${config.BUFFER_POOL_ENV} must be a positive number of MiB, not 'lots' "
+                    f"(unset it for the default of {config.DELETE_BUFFER_POOL_MB} MiB)")
+    monkeypatch.delenv(config.BUFFER_POOL_ENV)
+    assert snapshot(kb_path) == unchanged
+
+
 def test_write_needs_write_flag(kb_path):
     before, unchanged = counts(kb_path), snapshot(kb_path)
     create = "CREATE (:Model {id: 'gamma', kind: 'lm'})"
