@@ -448,12 +448,16 @@ def test_window_pass_keeps_the_bytes_float32_would_store(compiled):
 
 def test_compiled_window_pass_equals_eager_on_real_shapes():
     """The compiled kernel and the eager function agree: the same bits for everything but the
-    sums, which agree to float32 rounding; a bfloat16 input is read as float32 by both."""
-    from ingest.activations.fused import SQ, SUM, Scratch, WindowPass
+    sums, which agree to float32 rounding; a bfloat16 input is read as float32 by both. A NaN
+    is the max of its window and its first one the position, as torch.max has it; so is a
+    window's first infinity."""
+    from ingest.activations.fused import MAX, SQ, SUM, Scratch, WindowPass
 
     rng = np.random.default_rng(1)
     for dtype in (torch.float32, torch.bfloat16):
         full = torch.from_numpy(rng.standard_normal((5, 65, 96)).astype(np.float32)).to(dtype)
+        full[0, [12, 30], 3] = float("nan")  # tokens 11 and 29 of the window (the BOS is cut)
+        full[1, 21:, 4] = float("inf")
         x = full[:, 1:]  # the hook's BOS slice: a strided view
         outs = []
         for compiled in (True, False):
@@ -463,10 +467,12 @@ def test_compiled_window_pass_equals_eager_on_real_shapes():
                 WindowPass(compiled, Scratch(torch.device("cpu")))(x, *out)
             outs.append(out)
         (pc, hc, qc), (pe, he, qe) = outs
-        assert torch.equal(hc, he) and torch.equal(qc, qe)
+        assert torch.equal(qc, qe)
+        torch.testing.assert_close(hc, he, rtol=0, atol=0, equal_nan=True)  # NaN's sign bit may differ
+        assert qc[0, 3] == 11 and qc[1, 4] == 20 and pc[MAX, 0, 3].isnan() and pc[MAX, 1, 4] == float("inf")
         exact = [i for i in range(5) if i not in (SUM, SQ)]
-        assert torch.equal(pc[exact], pe[exact])
-        torch.testing.assert_close(pc[[SUM, SQ]], pe[[SUM, SQ]], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pc[exact], pe[exact], rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(pc[[SUM, SQ]], pe[[SUM, SQ]], rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
 def test_window_pass_runs_eagerly_where_compiling_fails(tmp_path):

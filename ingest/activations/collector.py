@@ -13,9 +13,10 @@ their rows as their batch goes by. Only the top records need selection during th
 CPU the hook gathers the (window, neuron) pairs that beat the neuron's current k-th max and
 merges them in bulk once per group of windows (or earlier, when many are waiting); on CUDA a
 dense merge runs every batch, because a sparse one would synchronise the device at every
-``nonzero``. On CPU the hook's own work runs on one thread: it is a few dozen small operations
-per layer, and on a busy machine every multi-threaded one can wait a scheduler time slice for
-its second thread, which costs far more than the parallelism saves.
+``nonzero``. On CPU the kernel runs on torch's threads, as the model does, and the rest of the
+hook's work on one thread: it is a few dozen small operations per layer, and on a busy machine
+every multi-threaded one can wait a scheduler time slice for its second thread, which costs far
+more than the parallelism saves (and each thread that allocates grows its own heap).
 """
 
 from __future__ import annotations
@@ -158,9 +159,8 @@ class ActivationCollector:
         with torch.inference_mode():  # as the hook's tensors are: a tensor made outside would compile twice
             x = torch.zeros((2, skip + tokens, d), dtype=self.dtype, device=self.device)[:, skip:]
             get = self._scratch.get
-            self._observe(lambda: self._window_pass(x, get("part", (5, 2, d), torch.float32),
-                                                    get("half", (2, d, tokens), torch.float16),
-                                                    get("position", (2, d), torch.int32)))
+            self._window_pass(x, get("part", (5, 2, d), torch.float32), get("half", (2, d, tokens), torch.float16),
+                              get("position", (2, d), torch.int32))
 
     # --- identity, for checkpoints -------------------------------------------------------
     def _identity(self) -> dict:
@@ -206,7 +206,7 @@ class ActivationCollector:
         handles = []
         for layer in self.layers:
             def hook(module, args, layer=layer):
-                self._observe(lambda: self._observe_batch(self._state[layer], args[0]))
+                self._observe_batch(self._state[layer], args[0])
                 if layer == last:
                     raise _StopForward
             handles.append(self.adapter.neuron_module(layer).register_forward_pre_hook(hook))
@@ -246,6 +246,13 @@ class ActivationCollector:
         half = self._scratch.get("half", (batch, d, tokens), torch.float16)
         position = self._scratch.get("position", (batch, d), torch.int32)
         self._window_pass(x, part, half, position)
+        self._observe(lambda: self._keep(st, part, half, position, first))
+
+    def _keep(self, st: LayerState, part: torch.Tensor, half: torch.Tensor, position: torch.Tensor,
+              first: int) -> None:
+        """Fold the kernel's output for a batch into the layer's statistics and records."""
+        _, batch, d = part.shape
+        tokens = half.shape[2]
         if st.stats.add(part, first, tokens):
             self._merge_top(st)  # refresh the candidate threshold once per group
         wmax = part[MAX]

@@ -5,16 +5,20 @@ and turns them into the record the buffers keep: float16 values laid out as rows
 b, neuron n at row ``b * d + n``, one contiguous block), with the float32 max and its first
 position. Every record the pass keeps (top candidates, planned samples) is then a row lookup.
 
-Measured inside the pass (SmolLM2-135M, batches of 16 windows of 64 tokens, 1,536 neurons, one
-thread of a 2-core Xeon): compiled by inductor (C++ and OpenMP, built with the machine's
-compiler) it takes 5.3-6.8 ms per layer and batch; as eager torch operations into reused
-buffers (``window_pass_eager``: nine reads of the activations) 9.4 ms; ``window_pass`` itself
-run eagerly, allocating every intermediate, 16 ms. On CPU the pass compiles it when the
-collector is made (the inductor cache keeps the build across processes: ~9 s the first time,
-~4 s afterwards) and runs ``window_pass_eager`` instead, after one warning, where compiling
-fails, e.g. on a machine with no C++ compiler. ``NKB_COMPILE=0`` skips compiling.
+Measured inside the pass (SmolLM2-135M, batches of 16 windows of 64 tokens, 1,536 neurons, a
+2-core Xeon): compiled by inductor (C++ and OpenMP, built with the machine's compiler) it takes
+2.2 ms per layer and batch on torch's two threads; 4.3 ms on one thread with the max's position
+from inductor's fused max-with-index, which alone costs 0.4-0.6 ms more than finding the first
+token equal to the max in the second sweep (3.2 against 2.8 ms, one thread, warm caches).
+``window_pass_eager`` (eager operations into reused buffers: nine reads of the activations)
+took 9.4 ms on one thread; ``window_pass`` itself run eagerly, allocating every intermediate,
+16 ms. On CPU the pass compiles it when the collector is made (the inductor cache keeps the
+build across processes: ~9 s the first time, ~4 s afterwards) and runs ``window_pass_eager``
+instead, after one warning, where compiling fails, e.g. on a machine with no C++ compiler.
+``NKB_COMPILE=0`` skips compiling.
 
-The two give the same bits for the max, min, positions, positive counts and float16 values;
+The two give the same bits for the max, min, positions, positive counts and float16 values
+(but a NaN's sign bit);
 the sum and the centred sum of squares may differ in their last float32 places (another
 summation order within the window).
 """
@@ -46,13 +50,16 @@ def window_pass(x: torch.Tensor, part: torch.Tensor, half: torch.Tensor, positio
     x = x.float()
     tokens = x.shape[1]
     total = x.sum(1)
-    peak, index = x.max(1)
+    peak = x.amax(1)
     part[MAX] = peak
     part[MIN] = x.amin(1)
     part[SUM] = total
     part[SQ] = (x - (total / tokens)[:, None]).square().sum(1)
-    part[POS] = (x > 0).float().sum(1)  # exact up to 2^24 tokens
-    position.copy_(index)
+    part[POS] = torch.where(x > 0, 1.0, 0.0).sum(1)  # exact up to 2^24 tokens
+    # The first token equal to the max (or the first NaN, where the max is NaN), read in the
+    # same second sweep as the centred squares: inductor's fused max-with-index is slower.
+    token = torch.arange(tokens, dtype=torch.int32, device=x.device)[None, :, None]
+    position.copy_(torch.where((x == peak[:, None]) | torch.isnan(x), token, tokens).amin(1))
     half.copy_(x.clamp(-HALF_MAX, HALF_MAX).transpose(1, 2))
 
 
