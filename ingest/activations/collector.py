@@ -16,7 +16,8 @@ dense merge runs every batch, because a sparse one would synchronise the device 
 ``nonzero``. On CPU the kernel runs on torch's threads, as the model does, and the rest of the
 hook's work on one thread: it is a few dozen small operations per layer, and on a busy machine
 every multi-threaded one can wait a scheduler time slice for its second thread, which costs far
-more than the parallelism saves (and each thread that allocates grows its own heap).
+more than the parallelism saves (on a quiet 2-core machine, both threads for all of it made the
+main job's activations stage no faster: 74.9 against 73.3 s).
 """
 
 from __future__ import annotations
