@@ -18,7 +18,7 @@ instead, after one warning, where compiling fails, e.g. on a machine with no C++
 ``NKB_COMPILE=0`` skips compiling.
 
 The two give the same bits for the max, min, positions, positive counts and float16 values
-(but a NaN's sign bit); the sum and the centred sum of squares may differ in their last float32
+(a NaN may differ in its bits); the sum and the centred sum of squares may differ in their last float32
 places (another summation order within the window).
 """
 
